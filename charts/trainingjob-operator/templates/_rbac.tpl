@@ -1,0 +1,47 @@
+{{/*
+RBAC rules for the namespaced objects the operator touches. Each verb is here for a reason:
+- trainingjobs: kopf lists/watches them and patches finalizers and its progress annotations;
+- trainingjobs/status: the operator writes status (phase, conditions, progress, recovery);
+- trainingjobs/finalizers update: children carry ownerReferences with blockOwnerDeletion (kopf.adopt),
+  which clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require;
+- pods: create replicas, delete failed/finished ones, watch them to detect failures, patch labels;
+- services (headless per job) and configmaps (spec file): create, keep up to date, delete;
+- events: kopf and the operator post Kubernetes Events (create only).
+Nothing else grants update; nothing grants deletecollection, pods/exec, pods/log or secrets.
+Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
+*/}}
+{{- define "tj.namespacedRules" -}}
+- apiGroups: ["training.cpr.dev"]
+  resources: ["trainingjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["training.cpr.dev"]
+  resources: ["trainingjobs/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["training.cpr.dev"]
+  resources: ["trainingjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+kopf peering: watch every peering object of the kind (kopf filters by name itself), and read and
+patch (keep-alives in .status) only ours. kopf serves both API groups when both exist.
+Call with (dict "ctx" . "resource" "kopfpeerings"|"clusterkopfpeerings").
+*/}}
+{{- define "tj.peeringRules" -}}
+- apiGroups: ["kopf.dev", "zalando.org"]
+  resources: [{{ .resource | quote }}]
+  verbs: ["list", "watch"]
+- apiGroups: ["kopf.dev", "zalando.org"]
+  resources: [{{ .resource | quote }}]
+  resourceNames: [{{ include "tj.peeringName" .ctx | quote }}]
+  verbs: ["get", "patch"]
+{{- end }}

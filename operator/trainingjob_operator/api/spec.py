@@ -1,0 +1,347 @@
+"""TrainingJob spec, v1alpha1.
+
+Every default and every validation rule of the API lives here. The CRD in ``crds/`` is generated
+from these models (``trainingjob crd``), the local backend and the operator both parse manifests
+with them, and the trainer reads its configuration from the same model (``TJ_SPEC``).
+Nothing here imports torch or kopf.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainingjob_operator.api.base import ApiModel
+
+GROUP = "training.cpr.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+SINGULAR = "trainingjob"
+SHORT_NAME = "tj"
+
+DEFAULT_IMAGE = "ghcr.io/trainingjob-operator/dlrm-trainer:0.1.0"
+
+# Pod names are "<job>-<role>-<rank>"; the longest role is "embedding-server" (16) and ranks stay
+# under 4 digits, so a 40-character job name keeps pod names within the 63-character label limit.
+MAX_JOB_NAME = 40
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class Role(enum.StrEnum):
+    """The replica roles of a TrainingJob (ARCHITECTURE.md §2)."""
+
+    TRAINER = "trainer"
+    EMBEDDING_SERVER = "embedding-server"
+    SYNC_SERVER = "sync-server"
+
+
+ROLES: tuple[Role, ...] = (Role.EMBEDDING_SERVER, Role.SYNC_SERVER, Role.TRAINER)
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class ObjectMeta(ApiModel):
+    """The part of Kubernetes metadata the job uses; other fields the API server adds are kept."""
+
+    model_config = {**ApiModel.model_config, "extra": "allow"}
+
+    name: str = Field(description="Job name: a DNS-1123 label of at most 40 characters.")
+    namespace: str = Field(default="default", description="Namespace of the job and its pods.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_dns_label(cls, name: str) -> str:
+        if len(name) > MAX_JOB_NAME or not _DNS_LABEL.match(name):
+            raise ValueError(
+                f"must be a DNS-1123 label (lowercase letters, digits, '-') of at most "
+                f"{MAX_JOB_NAME} characters, got {name!r}"
+            )
+        return name
+
+
+class ModelSpec(ApiModel):
+    """The DLRM: 13 dense features through the bottom MLP, one embedding table per sparse feature,
+    pairwise dot interactions, then the top MLP (Naumov et al. 2019; torchrec.models.dlrm)."""
+
+    dense_features: int = Field(default=13, ge=1, le=4096, description="Number of dense input features.")
+    sparse_features: int = Field(
+        default=26, ge=1, le=1024, description="Number of categorical features (one embedding table each)."
+    )
+    rows_per_table: int = Field(
+        default=100_000, ge=2, le=2**31 - 1, description="Rows of every table unless tableRows says otherwise."
+    )
+    table_rows: list[Annotated[int, Field(ge=2, le=2**31 - 1)]] | None = Field(
+        default=None, description="Rows per table, one entry per sparse feature; overrides rowsPerTable."
+    )
+    embedding_dim: int = Field(default=16, ge=1, le=1024, description="Width of every embedding row.")
+    bottom_mlp: list[PositiveInt] = Field(
+        default_factory=lambda: [512, 256],
+        description="Hidden layer widths of the bottom (dense) MLP; a final layer of embeddingDim is added.",
+    )
+    top_mlp: list[PositiveInt] = Field(
+        default_factory=lambda: [512, 256],
+        description="Hidden layer widths of the top (over) MLP; a final layer of width 1 is added.",
+    )
+
+    @model_validator(mode="after")
+    def _table_rows_match_features(self) -> ModelSpec:
+        if self.table_rows is not None and len(self.table_rows) != self.sparse_features:
+            raise ValueError(
+                f"tableRows must list one entry per sparse feature ({self.sparse_features}), "
+                f"got {len(self.table_rows)}"
+            )
+        return self
+
+    def rows(self) -> list[int]:
+        """Rows of each table, in feature order."""
+        return list(self.table_rows) if self.table_rows is not None else [self.rows_per_table] * self.sparse_features
+
+
+class SyntheticDataSpec(ApiModel):
+    """Knobs of the synthetic Criteo-like generator (labels from a hidden teacher model)."""
+
+    zipf_exponent: float = Field(default=1.1, gt=0.0, le=4.0, description="Skew of categorical ids (Zipf s).")
+    teacher_scale: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="Strength of the teacher's logits: higher gives a higher AUC ceiling."
+    )
+
+
+class DataSpec(ApiModel):
+    """Where training and evaluation samples come from."""
+
+    source: Literal["synthetic", "criteo"] = Field(
+        default="synthetic", description="synthetic (deterministic generator) or criteo (Kaggle/Terabyte TSV)."
+    )
+    path: str | None = Field(default=None, description="Criteo TSV file or directory; required for criteo.")
+    eval_path: str | None = Field(default=None, description="Held-out Criteo TSV; default: the tail of path.")
+    seed: int = Field(default=0, ge=0, description="Seed of the generator and of model initialisation.")
+    train_samples: int = Field(default=2_000_000, ge=1, description="Samples to train on, all trainers together.")
+    eval_samples: int = Field(default=100_000, ge=1, description="Held-out samples for the final evaluation.")
+    batch_size: int = Field(default=1024, ge=1, le=1_048_576, description="Samples per mini-batch per worker thread.")
+    synthetic: SyntheticDataSpec = Field(default_factory=SyntheticDataSpec)
+
+    @model_validator(mode="after")
+    def _criteo_needs_path(self) -> DataSpec:
+        if self.source == "criteo" and not self.path:
+            raise ValueError("path is required when source is criteo")
+        return self
+
+
+class SyncAlgorithm(enum.StrEnum):
+    EASGD = "easgd"
+    MA = "ma"
+    BMUF = "bmuf"
+
+
+class SyncMode(enum.StrEnum):
+    BACKGROUND = "background"  # ShadowSync: a shadow thread syncs off the critical path
+    FOREGROUND = "foreground"  # baseline: sync inside the training loop every `everySteps` steps
+    NONE = "none"  # no dense synchronisation at all (for experiments only)
+
+
+class SyncSpec(ApiModel):
+    """Dense-parameter synchronisation between trainers (ShadowSync, Zheng et al. 2020)."""
+
+    mode: SyncMode = Field(default=SyncMode.BACKGROUND, description="background (ShadowSync), foreground, or none.")
+    algorithm: SyncAlgorithm = Field(default=SyncAlgorithm.EASGD, description="easgd, ma or bmuf.")
+    elastic_alpha: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="S-EASGD moving rate: the share of the gap closed per exchange."
+    )
+    every_steps: int = Field(default=1, ge=1, description="Foreground mode: synchronise every this many steps.")
+    block_momentum: float | None = Field(
+        default=None, ge=0.0, lt=1.0, description="S-BMUF block momentum; default 1 - 1/trainers."
+    )
+    block_learning_rate: float = Field(default=1.0, gt=0.0, le=10.0, description="S-BMUF block learning rate.")
+    min_interval_seconds: float = Field(
+        default=0.05, ge=0.0, le=60.0, description="Background mode: shortest time between two exchanges."
+    )
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation: Adagrad on dense parameters, row-wise Adagrad on embedding rows."""
+
+    dense_learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
+    embedding_learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
+    hogwild_threads: int = Field(default=2, ge=1, le=64, description="Worker threads sharing one dense replica.")
+    sync: SyncSpec = Field(default_factory=SyncSpec)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the dense part runs; auto uses CUDA when a GPU is present."
+    )
+    progress_every_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
+    torch_threads: int = Field(default=1, ge=1, le=256, description="Intra-op threads per process.")
+
+
+class Toleration(ApiModel):
+    model_config = {**ApiModel.model_config, "extra": "allow"}
+
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+    toleration_seconds: int | None = None
+
+
+class RoleSpec(ApiModel):
+    """How many replicas of a role, and where and how its pods run on Kubernetes."""
+
+    replicas: int = Field(default=1, ge=1, le=1024)
+    image: str | None = Field(default=None, description="Container image; default spec.image.")
+    resources: dict[str, dict[str, int | str]] = Field(
+        default_factory=dict, description="Kubernetes resources (requests/limits), e.g. nvidia.com/gpu."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_shape(cls, resources: dict[str, dict[str, int | str]]) -> dict[str, dict[str, int | str]]:
+        unknown = set(resources) - {"requests", "limits"}
+        if unknown:
+            raise ValueError(f"only 'requests' and 'limits' are allowed, got {sorted(unknown)}")
+        return resources
+
+
+def _trainer_default() -> RoleSpec:
+    return RoleSpec(replicas=2)
+
+
+def _embedding_default() -> RoleSpec:
+    return RoleSpec(replicas=2)
+
+
+class ReplicasSpec(ApiModel):
+    trainer: RoleSpec = Field(default_factory=_trainer_default)
+    embedding_server: RoleSpec = Field(default_factory=_embedding_default)
+    sync_server: RoleSpec = Field(default_factory=RoleSpec)
+
+    @field_validator("sync_server")
+    @classmethod
+    def _one_sync_server(cls, role: RoleSpec) -> RoleSpec:
+        if role.replicas != 1:
+            raise ValueError(f"replicas must be 1 (one central dense copy), got {role.replicas}")
+        return role
+
+    def for_role(self, role: Role) -> RoleSpec:
+        return {Role.TRAINER: self.trainer, Role.EMBEDDING_SERVER: self.embedding_server,
+                Role.SYNC_SERVER: self.sync_server}[role]
+
+    def count(self, role: Role) -> int:
+        return self.for_role(role).replicas
+
+
+class RecoveryMode(enum.StrEnum):
+    PARTIAL = "partial"  # CPR: replace only the failed replica, reload only its shard
+    FULL = "full"  # baseline: restart everything, roll back to the last checkpoint
+    AUTO = "auto"  # CPR's benefit test picks partial or full
+
+
+class CheckpointStrategy(enum.StrEnum):
+    FULL = "full"
+    MFU = "mfu"  # most frequently used rows first
+    SSU = "ssu"  # sub-sampled set of used rows
+
+
+class CheckpointSpec(ApiModel):
+    strategy: CheckpointStrategy = Field(default=CheckpointStrategy.FULL, description="full, mfu or ssu.")
+    interval_seconds: float | None = Field(
+        default=None, gt=0.0, description="Fixed interval; unset lets the coordinator tune it."
+    )
+    initial_interval_seconds: float = Field(default=60.0, gt=0.0, description="Interval before any tuning.")
+    min_interval_seconds: float = Field(default=5.0, gt=0.0)
+    max_interval_seconds: float = Field(default=3600.0, gt=0.0)
+    hot_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="MFU: share of rows saved, hottest first.")
+    sample_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="SSU: share of accessed rows sampled.")
+    full_every: int = Field(default=4, ge=1, description="MFU/SSU: every this many saves is a full save.")
+    storage: str | None = Field(
+        default=None, description="Checkpoint directory (a volume on Kubernetes); default runs/<job>/checkpoints."
+    )
+
+    @model_validator(mode="after")
+    def _interval_bounds(self) -> CheckpointSpec:
+        if self.min_interval_seconds > self.max_interval_seconds:
+            raise ValueError("minIntervalSeconds must not exceed maxIntervalSeconds")
+        return self
+
+
+class RestartBudget(ApiModel):
+    max_restarts: int = Field(default=5, ge=0, description="Restarts allowed per replica inside the window.")
+    window_seconds: float = Field(default=600.0, gt=0.0)
+
+
+class RecoverySpec(ApiModel):
+    """What happens when a replica fails (ARCHITECTURE.md §4-5)."""
+
+    mode: RecoveryMode = Field(default=RecoveryMode.PARTIAL, description="partial (CPR), full or auto.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    mtbf_prior_hours: float = Field(
+        default=24.0, gt=0.0, description="Prior mean time between failures of one replica, in hours."
+    )
+    pls_target: float = Field(
+        default=0.02, gt=0.0, lt=1.0, description="Partial recovery: target portion of lost samples (PLS)."
+    )
+    restart_budget: RestartBudget = Field(default_factory=RestartBudget)
+    heartbeat_timeout_seconds: float = Field(
+        default=15.0, gt=0.0, description="A replica silent this long is treated as failed (hung)."
+    )
+
+
+class RedisSpec(ApiModel):
+    url: str | None = Field(
+        default=None, description="Coordination Redis; unset: an embedded server (local) or the chart's Redis."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {url!r}")
+        return url
+
+
+class TrainingJobSpec(ApiModel):
+    image: str = Field(default=DEFAULT_IMAGE, description="Trainer image for every role unless a role overrides it.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    recovery: RecoverySpec = Field(default_factory=RecoverySpec)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+
+
+class TrainingJob(ApiModel):
+    """A TrainingJob manifest as the user writes it (the status is optional and written by coordinators)."""
+
+    model_config = {**ApiModel.model_config, "extra": "ignore"}
+
+    api_version: Literal["training.cpr.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrainingJob"]
+    metadata: ObjectMeta
+    spec: TrainingJobSpec = Field(default_factory=TrainingJobSpec)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    def spec_json(self) -> str:
+        """The spec as the JSON string passed to every replica (TJ_SPEC)."""
+        return self.spec.model_dump_json(by_alias=True)
+
+
+def spec_from_json(text: str) -> TrainingJobSpec:
+    return TrainingJobSpec.model_validate_json(text)
+
+
+def manifest_dict(job: TrainingJob) -> dict[str, Any]:
+    return job.to_wire()

@@ -1,0 +1,75 @@
+"""TrainingJob status, written by the coordinator (operator or local supervisor)."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import Field
+
+from trainingjob_operator.api.base import ApiModel
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RECOVERING = "Recovering"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class Condition(ApiModel):
+    """A Kubernetes-convention condition (type, status, reason, message, lastTransitionTime)."""
+
+    type: str
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class RoleReplicaStatus(ApiModel):
+    desired: int = 0
+    ready: int = 0
+    restarts: int = 0
+
+
+class ProgressStatus(ApiModel):
+    samples: int = 0
+    target_samples: int = 0
+    samples_per_second: float | None = None
+    loss: float | None = None
+    auc: float | None = None
+
+
+class FailureRecord(ApiModel):
+    role: str
+    rank: int
+    reason: str
+    time: str
+
+
+class RecoveryStatus(ApiModel):
+    mode: str | None = None
+    generation: int = 0
+    failures: int = 0
+    last_failure: FailureRecord | None = None
+    interval_seconds: float | None = None
+    pls: float | None = None
+    last_checkpoint: str | None = None
+
+
+class TrainingJobStatus(ApiModel):
+    model_config = {**ApiModel.model_config, "extra": "allow"}
+
+    phase: Phase = Phase.PENDING
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: dict[str, RoleReplicaStatus] = Field(default_factory=dict)
+    progress: ProgressStatus = Field(default_factory=ProgressStatus)
+    recovery: RecoveryStatus = Field(default_factory=RecoveryStatus)
+    start_time: str | None = None
+    completion_time: str | None = None
+    observed_generation: int | None = None

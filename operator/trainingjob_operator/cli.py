@@ -1,0 +1,86 @@
+"""`trainingjob`: run a TrainingJob locally, plan its checkpoint interval, run the operator."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from trainingjob_operator.api import ManifestError, load_manifest
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="TrainingJob: DLRM training that replaces only what failed.")
+err = Console(stderr=True)
+EXIT_BAD_INPUT = 2
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    try:
+        return load_manifest(path)
+    except ManifestError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")],
+    summary: Annotated[Path | None, typer.Option(help="Where to write the summary JSON")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Logs, Redis and checkpoints; default runs/<job>")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Use this Redis instead of an embedded one")] = None,
+) -> None:
+    """Run every replica of the job as a local process; exit 0 only if the job succeeded."""
+    import logging
+
+    from trainingjob_operator.local.progress import ProgressDisplay
+    from trainingjob_operator.local.summary import write_summary
+    from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
+
+    job = _load(manifest)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    options = RunOptions(workdir=workdir, redis_url=redis_url)
+    with ProgressDisplay(job.name) as display:
+        supervisor = LocalSupervisor(job, options, on_tick=display.update)
+        result = supervisor.run()
+    path = summary or supervisor.workdir / "summary.json"
+    write_summary(result, path)
+    auc = result.get("auc")
+    teacher = result.get("teacher_auc")
+    err.print(
+        f"{job.name}: [bold]{result['status']}[/] in {result['wall_seconds']:.1f}s, {result['samples']:,} samples, "
+        f"AUC {auc if auc is None else f'{auc:.4f}'}"
+        + (f" (teacher {teacher:.4f})" if teacher is not None else "")
+        + f", {len(result['failures'])} failures; summary: {path}", highlight=False)
+    if result["status"] == "Interrupted":
+        raise typer.Exit(130)
+    raise typer.Exit(0 if result["status"] == "Succeeded" else 1)
+
+
+@app.command()
+def validate(manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")]) -> None:
+    """Check a manifest and print it with every default filled in."""
+    job = _load(manifest)
+    print(json.dumps(job.to_wire(), indent=2))
+
+
+@app.command()
+def crd(
+    output: Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write here (repeatable)")] = None,
+) -> None:
+    """Print (or write) the CustomResourceDefinition generated from the API model."""
+    from trainingjob_operator.api.crd import crd_yaml
+
+    text = crd_yaml()
+    if not output:
+        sys.stdout.write(text)
+    for path in output or []:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,162 @@
+"""The one seam to Redis: the job's coordination state (ARCHITECTURE.md §3).
+
+Redis holds membership, heartbeats, the generation counter, the failure log, progress,
+measured costs and pointers, never tensors. Every key lives under ``tj:{namespace}:{job}:``.
+Clients retry with exponential backoff so a Redis restart is survived.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+# A Redis restart takes a few seconds; 30 retries capped at 1 s ride it out.
+_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30)
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=_RETRY,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=10,
+    )
+
+
+@dataclass(frozen=True)
+class Member:
+    role: str
+    rank: int
+    endpoint: str
+    instance: str
+    generation: int
+    heartbeat: float
+    started: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    rank: int
+    samples: int
+    cursor: int
+    loss: float | None
+    samples_per_second: float | None
+    updated: float
+    done: bool = False
+
+
+class Coordination:
+    """Typed access to one job's coordination keys."""
+
+    def __init__(self, url: str, namespace: str, job: str, client: redis.Redis | None = None) -> None:
+        self.url = url
+        self.prefix = f"tj:{namespace}:{job}:"
+        self.r = client if client is not None else connect(url)
+
+    def key(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    # --- membership and heartbeats ---------------------------------------------------------
+    def register(self, role: str, rank: int, endpoint: str, instance: str, generation: int | None = None) -> None:
+        now = time.time()
+        gen = self.generation() if generation is None else generation
+        self.r.hset(self.key("members", role, rank), mapping={
+            "endpoint": endpoint, "instance": instance, "generation": gen, "heartbeat": now, "started": now,
+        })
+
+    def heartbeat(self, role: str, rank: int) -> None:
+        self.r.hset(self.key("members", role, rank), "heartbeat", time.time())
+
+    def member(self, role: str, rank: int) -> Member | None:
+        raw: dict[str, str] = self.r.hgetall(self.key("members", role, rank))  # type: ignore[assignment]
+        if not raw:
+            return None
+        return Member(role, rank, raw["endpoint"], raw["instance"], int(raw["generation"]),
+                      float(raw["heartbeat"]), float(raw["started"]))
+
+    def members(self, role: str, count: int) -> dict[int, Member]:
+        return {rank: m for rank in range(count) if (m := self.member(role, rank)) is not None}
+
+    def unregister(self, role: str, rank: int) -> None:
+        self.r.delete(self.key("members", role, rank))
+
+    # --- generation and failures -----------------------------------------------------------
+    def generation(self) -> int:
+        value = self.r.get(self.key("generation"))
+        return int(value) if value else 0
+
+    def set_generation(self, generation: int) -> None:
+        self.r.set(self.key("generation"), generation)
+
+    def log_failure(self, **fields: Any) -> None:
+        self.r.xadd(self.key("failures"), {k: json.dumps(v) for k, v in fields.items()}, maxlen=10_000)
+
+    def failures(self) -> list[dict[str, Any]]:
+        entries: list[tuple[str, dict[str, str]]] = self.r.xrange(self.key("failures"))  # type: ignore[assignment]
+        return [{k: json.loads(v) for k, v in entry.items()} for _, entry in entries]
+
+    # --- progress ---------------------------------------------------------------------------
+    def report_progress(self, progress: Progress) -> None:
+        self.r.hset(self.key("progress", progress.rank), mapping={
+            k: json.dumps(v) for k, v in asdict(progress).items()})
+
+    def progress(self, rank: int) -> Progress | None:
+        raw: dict[str, str] = self.r.hgetall(self.key("progress", rank))  # type: ignore[assignment]
+        if not raw:
+            return None
+        return Progress(**{str(k): json.loads(v) for k, v in raw.items()})
+
+    def all_progress(self, trainers: int) -> dict[int, Progress]:
+        return {rank: p for rank in range(trainers) if (p := self.progress(rank)) is not None}
+
+    def set_result(self, rank: int, result: dict[str, Any]) -> None:
+        self.r.set(self.key("result", rank), json.dumps(result))
+
+    def result(self, rank: int) -> dict[str, Any] | None:
+        raw = self.r.get(self.key("result", rank))
+        return json.loads(raw) if raw else None
+
+    # --- measured costs, interval, checkpoints (CPR) ---------------------------------------
+    def record_cost(self, name: str, seconds: float) -> None:
+        """Append one measurement of o_save / o_load / o_res (bounded history)."""
+        key = self.key("costs", name)
+        self.r.rpush(key, seconds)
+        self.r.ltrim(key, -100, -1)
+
+    def costs(self, name: str) -> list[float]:
+        return [float(v) for v in self.r.lrange(self.key("costs", name), 0, -1)]
+
+    def set_interval(self, seconds: float) -> None:
+        self.r.set(self.key("interval"), seconds)
+
+    def interval(self) -> float | None:
+        value = self.r.get(self.key("interval"))
+        return float(value) if value else None
+
+    def set_checkpoint_pointer(self, shard: int, pointer: dict[str, Any]) -> None:
+        self.r.set(self.key("checkpoint", shard), json.dumps(pointer))
+
+    def checkpoint_pointer(self, shard: int) -> dict[str, Any] | None:
+        raw = self.r.get(self.key("checkpoint", shard))
+        return json.loads(raw) if raw else None
+
+    def add_lost_samples(self, samples: int) -> int:
+        return int(self.r.incrby(self.key("lost_samples"), samples))
+
+    def lost_samples(self) -> int:
+        value = self.r.get(self.key("lost_samples"))
+        return int(value) if value else 0
+
+    def clear(self) -> None:
+        """Remove every key of this job (a fresh run of the same job name)."""
+        for key in self.r.scan_iter(match=self.prefix + "*", count=1000):
+            self.r.delete(key)

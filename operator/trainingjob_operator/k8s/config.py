@@ -1,0 +1,70 @@
+"""The operator's own settings (kopf's live in ``kopf.OperatorSettings``, set at startup)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from typing import Any
+
+PEERING_NAME = "trainingjob-operator"
+
+
+def _float_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    namespace: str | None = None
+    """Serve one namespace, or every namespace when None (cluster-wide)."""
+
+    standalone: bool = False
+    """Run without kopf peering. With peering (the default) every replica of the operator takes a
+    random priority: the highest one works, the others pause, and take over once its keep-alive
+    expires (``kopf.OperatorSettings.peering.lifetime``, 60 s). Peering needs kopf's peering
+    CRDs and a (Cluster)KopfPeering object named ``peering_name``, both installed by the chart."""
+
+    peering_name: str = PEERING_NAME
+    priority: int | None = None
+    """Peering priority; None draws a random one so two replicas never tie (a tie pauses both)."""
+
+    metrics_port: int | None = 8000
+    """Prometheus /metrics port; None disables the endpoint."""
+
+    default_redis_url: str | None = None
+    """Coordination Redis for jobs that name none (``spec.redis.url``); the chart's Redis."""
+
+    tick_s: float = 2.0
+    """Every job is reconciled at least this often (heartbeats, Redis); pod events wake it at once."""
+
+    tune_every_s: float = 30.0
+    """Re-plan the checkpoint interval this often, and after every failure."""
+
+    redis_timeout_s: float = 2.0
+    """Socket timeout of the operator's Redis calls: a slow Redis must not stall recoveries."""
+
+    connection: Any = None
+    """A ``kopf.ConnectionInfo`` to use instead of kubeconfig / in-cluster login (embedding, tests)."""
+
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    def peering_priority(self) -> int:
+        return self.priority if self.priority is not None else random.randint(1, 2**31 - 1)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        """Settings from TJ_* environment variables (``kopf run -m trainingjob_operator.k8s.handlers``)."""
+        port = os.environ.get("TJ_METRICS_PORT", "8000")
+        return cls(
+            namespace=os.environ.get("TJ_WATCH_NAMESPACE") or None,
+            standalone=os.environ.get("TJ_STANDALONE", "") in ("1", "true", "yes"),
+            default_redis_url=os.environ.get("TJ_DEFAULT_REDIS_URL") or None,
+            metrics_port=int(port) if port else None,
+            tick_s=_float_env("TJ_TICK_SECONDS", 2.0),
+            tune_every_s=_float_env("TJ_TUNE_EVERY_SECONDS", 30.0),
+            log_json=os.environ.get("TJ_LOG_FORMAT", "json") == "json",
+            log_level=os.environ.get("TJ_LOG_LEVEL", "INFO"),
+        )

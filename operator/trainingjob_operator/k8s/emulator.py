@@ -1,0 +1,208 @@
+"""An in-memory Kubernetes API server for the operator's tests and benchmarks.
+
+kmock's ``KubernetesEmulator`` stores what it is sent and nothing more (TESTING-NOTES.md). This
+subclass adds the few API-server behaviours the operator's tests depend on, and nothing else:
+
+- on create: ``metadata.uid``, ``resourceVersion``, ``creationTimestamp``, ``generation``, the
+  namespace from the URL, and a name from ``generateName`` (kopf posts Events that way);
+- on patch: a new ``resourceVersion`` (kopf checks it for consistency);
+- a tiny kubelet: a created pod becomes Running after ``pod_startup_s`` (``None``: it stays
+  Pending), and, with ``pod_termination_s`` set, a deleted pod lingers that long with a
+  ``deletionTimestamp`` (graceful termination) before it is gone;
+- a journal of every request with a monotonic timestamp, for latency and request counts.
+
+Still missing compared to a real API server: garbage collection of owned objects, strategic
+merge patches (everything is a JSON merge patch), resourceVersion conflicts, schema
+validation, status-subresource separation, label selectors on lists and watches.
+
+kmock is a development dependency: import this module from tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+
+from trainingjob_operator.api.spec import GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION
+
+VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
+PODS = kmock.resource("", "v1", "pods")
+KUBELET_FINALIZER = "emulator.kmock/kubelet"  # holds a deleted pod while it "terminates"
+MAIN_CONTAINER = "dlrm"
+
+RESOURCES: dict[str, dict[str, Any]] = {
+    f"{GROUP}/{VERSION}/{PLURAL}": {
+        "kind": KIND, "singular": SINGULAR, "shortnames": [SHORT_NAME], "namespaced": True,
+        "verbs": VERBS, "subresources": ["status"],
+    },
+    "v1/pods": {"kind": "Pod", "singular": "pod", "namespaced": True, "verbs": VERBS, "subresources": ["status"]},
+    "v1/services": {"kind": "Service", "singular": "service", "namespaced": True, "verbs": VERBS},
+    "v1/configmaps": {"kind": "ConfigMap", "singular": "configmap", "namespaced": True, "verbs": VERBS},
+    "v1/events": {"kind": "Event", "singular": "event", "namespaced": True, "verbs": VERBS},
+    "v1/namespaces": {"kind": "Namespace", "singular": "namespace", "namespaced": False, "verbs": VERBS},
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {
+        "kind": "CustomResourceDefinition", "singular": "customresourcedefinition", "namespaced": False,
+        "verbs": VERBS,
+    },
+}
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One request as the server saw it (``at`` is ``time.monotonic()``)."""
+
+    at: float
+    method: str
+    action: str | None
+    plural: str | None
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    user_agent: str
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define(kw_only=True)
+class ApiServerEmulator(kmock.KubernetesEmulator):
+    """``async with ApiServerEmulator() as api, kmock.Server(api): api.url``."""
+
+    pod_startup_s: float | None = 0.0
+    pod_termination_s: float | None = None
+    journal: list[JournalEntry] = attrs.field(factory=list)
+    _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _kubelet_tasks: set[asyncio.Task[None]] = attrs.field(factory=set)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for key, info in RESOURCES.items():
+            self.resources[key] = dict(info)  # type: ignore[assignment]
+
+    # --- the API server side ------------------------------------------------------------------
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        self._record(request)
+        action = request.action
+        is_pod = request.resource is not None and request.resource.plural == "pods"
+        if action == kmock.action.CREATE and isinstance(request.data, dict):
+            self._fill_created(request)
+        elif action == kmock.action.UPDATE and isinstance(request.data, dict):
+            request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+        response = await super()._handle(request)
+        if is_pod and response.status < 300:
+            if action == kmock.action.CREATE and self.pod_startup_s is not None:
+                meta = request.data["metadata"]
+                self._spawn(self._start_pod(meta["namespace"], meta["name"], meta["uid"]))
+            elif action == kmock.action.DELETE and self.pod_termination_s is not None and request.name:
+                self._spawn(self._finish_termination(request.namespace or "", request.name))
+        return response
+
+    def _record(self, request: kmock.Request) -> None:
+        resource = request.resource
+        self.journal.append(JournalEntry(
+            at=time.monotonic(), method=str(request.method.value if request.method else ""),
+            action=request.action.value if request.action else None,
+            plural=resource.plural if resource is not None else None,
+            namespace=request.namespace, name=request.name, subresource=request.subresource,
+            user_agent=request.headers.get("User-Agent", ""),
+        ))
+
+    def _fill_created(self, request: kmock.Request) -> None:
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
+        if request.namespace and not meta.get("namespace"):
+            meta["namespace"] = request.namespace
+        meta["uid"] = str(uuid.uuid4())
+        meta["resourceVersion"] = str(next(self._versions))
+        meta["creationTimestamp"] = _now_iso()
+        meta.setdefault("generation", 1)
+        resource = request.resource
+        if resource is not None and resource.plural == "pods":
+            if self.pod_termination_s is not None:
+                meta["finalizers"] = [*meta.get("finalizers", []), KUBELET_FINALIZER]
+            request.data.setdefault("status", {"phase": "Pending"})
+
+    # --- the kubelet side ---------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._kubelet_tasks.add(task)
+        task.add_done_callback(self._kubelet_tasks.discard)
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored pod, or None when absent or deleted."""
+        key = (PODS, namespace, name)
+        if key not in self.objects:
+            return None
+        obj = self.objects[key]
+        return None if obj.deleted else dict(obj.raw)
+
+    async def _start_pod(self, namespace: str, name: str, uid: str) -> None:
+        await asyncio.sleep(self.pod_startup_s or 0.0)
+        pod = self.pod(namespace, name)
+        if pod is None or pod["metadata"].get("uid") != uid or pod["metadata"].get("deletionTimestamp"):
+            return  # replaced or deleted meanwhile
+        if pod.get("status", {}).get("phase") not in (None, "Pending"):
+            return  # a test already decided its fate
+        now = _now_iso()
+        await self.patch_pod_status(namespace, name, {
+            "phase": "Running", "startTime": now, "podIP": "10.0.0.1",
+            "containerStatuses": [{"name": MAIN_CONTAINER, "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": now}}}],
+        })
+
+    async def _finish_termination(self, namespace: str, name: str) -> None:
+        await asyncio.sleep(self.pod_termination_s or 0.0)
+        pod = self.pod(namespace, name)
+        if pod is None:
+            return
+        finalizers = [f for f in pod["metadata"].get("finalizers", []) if f != KUBELET_FINALIZER]
+        await self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}", {"metadata": {"finalizers": finalizers}})
+
+    # --- helpers for tests and benchmarks -----------------------------------------------------
+    async def _patch(self, path: str, body: dict[str, Any]) -> None:
+        headers = {"Content-Type": "application/merge-patch+json"}
+        async with self.patch(path, json=body, headers=headers) as response:
+            if response.status >= 400 and response.status != 404:
+                raise RuntimeError(f"PATCH {path} -> {response.status}: {await response.text()}")
+
+    async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": status})
+
+    async def finish_pod(self, namespace: str, name: str, exit_code: int, reason: str | None = None) -> None:
+        """What the kubelet reports when the container exits: Succeeded on 0, else Failed."""
+        terminated: dict[str, Any] = {"exitCode": exit_code, "finishedAt": _now_iso(),
+                                      "reason": reason or ("Completed" if exit_code == 0 else "Error")}
+        await self.patch_pod_status(namespace, name, {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [{"name": MAIN_CONTAINER, "ready": False, "restartCount": 0,
+                                   "state": {"terminated": terminated}}],
+        })
+
+    async def evict_pod(self, namespace: str, name: str) -> None:
+        await self.patch_pod_status(namespace, name, {
+            "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory.",
+        })
+
+    async def stop_kubelet(self) -> None:
+        for task in list(self._kubelet_tasks):
+            task.cancel()
+        await asyncio.gather(*self._kubelet_tasks, return_exceptions=True)
+
+    def live(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every stored, not deleted object of a resource (optionally in one namespace)."""
+        out = []
+        for (resource, ns, _), obj in self.objects.items():
+            if resource.plural == plural and not obj.deleted and (namespace is None or ns == namespace):
+                out.append(dict(obj.raw))
+        return out

@@ -1,0 +1,139 @@
+"""The one seam between the operator and the Kubernetes API (besides kopf's own watching).
+
+It uses kopf's API client (``kopf._cogs.clients.api``): the same aiohttp session, credentials,
+re-authentication on 401 and retries with backoff on 5xx/connection errors as kopf itself. That
+module is private to kopf, so it is imported here only; kopf is pinned (``kopf==1.45.2``) and a
+kopf upgrade that moves it changes this file alone. Requests are counted per verb and resource
+(``requests``), which tests and benchmarks read.
+
+Error hierarchy (kopf's errors are chained as ``__cause__``)::
+
+    KubeError            any failed request (``code``: HTTP status, or None)
+     +-- NotFound        404
+     +-- Conflict        409 (exists already, or a precondition such as the pod's UID failed)
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+from kopf._cogs.clients import api as _api
+from kopf._cogs.clients import errors as _errors
+
+from trainingjob_operator.api.spec import GROUP, PLURAL, VERSION
+
+_MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+class KubeError(Exception):
+    """A Kubernetes API request failed."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotFound(KubeError):
+    """HTTP 404: the object is not there."""
+
+
+class Conflict(KubeError):
+    """HTTP 409: the object exists already, or a delete precondition did not hold."""
+
+
+def _core(namespace: str, plural: str, name: str | None = None, sub: str | None = None) -> str:
+    return "/".join(p for p in (f"/api/v1/namespaces/{namespace}/{plural}", name, sub) if p)
+
+
+def _job_url(namespace: str, name: str, sub: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+    return f"{base}/{sub}" if sub else base
+
+
+class Kube:
+    """Typed calls the operator makes; every method maps one API request."""
+
+    def __init__(self, settings: kopf.OperatorSettings, logger: logging.Logger | None = None) -> None:
+        self.settings = settings
+        self.logger = logger or logging.getLogger("trainingjob.kube")
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    async def _call(self, method: str, url: str, what: str, payload: Any = None,
+                    headers: dict[str, str] | None = None) -> Any:
+        self.requests[what] += 1
+        try:
+            return await self._request(method, url, payload, headers)
+        except _errors.APINotFoundError as e:
+            raise NotFound(f"{method.upper()} {url}: not found", 404) from e
+        except _errors.APIConflictError as e:
+            raise Conflict(f"{method.upper()} {url}: conflict", 409) from e
+        except _errors.APIError as e:
+            raise KubeError(f"{method.upper()} {url}: {e}", e.code) from e
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise KubeError(f"{method.upper()} {url}: {e!r}") from e
+
+    async def _request(self, method: str, url: str, payload: Any, headers: dict[str, str] | None) -> Any:
+        fn = {"post": _api.post, "patch": _api.patch, "delete": _api.delete, "get": _api.get}[method]
+        return await fn(url, payload=payload, headers=headers, settings=self.settings, logger=self.logger)
+
+    # --- pods -------------------------------------------------------------------------------------
+    async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create a pod; False when one of that name exists already (409)."""
+        try:
+            await self._call("post", _core(namespace, "pods"), "create pods", manifest)
+        except Conflict:
+            return False
+        return True
+
+    async def delete_pod(self, namespace: str, name: str, *, uid: str | None = None,
+                         grace_period_s: int | None = None) -> bool:
+        """Delete a pod (only that incarnation when ``uid`` is given); False when already gone."""
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_period_s is not None:
+            options["gracePeriodSeconds"] = grace_period_s
+        try:
+            await self._call("delete", _core(namespace, "pods", name), "delete pods", options)
+        except (NotFound, Conflict):
+            return False  # gone, or already replaced by a pod with another UID
+        return True
+
+    # --- the job's Service and ConfigMap ----------------------------------------------------------
+    async def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        try:
+            await self._call("post", _core(namespace, "services"), "create services", manifest)
+        except Conflict:
+            return False
+        return True
+
+    async def create_config_map(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        try:
+            await self._call("post", _core(namespace, "configmaps"), "create configmaps", manifest)
+        except Conflict:
+            return False
+        return True
+
+    async def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        await self._call("patch", _core(namespace, "configmaps", name), "patch configmaps", {"data": data}, _MERGE)
+
+    async def delete_object(self, namespace: str, plural: str, name: str) -> bool:
+        """Delete a Service, ConfigMap or pod by name; False when already gone."""
+        try:
+            await self._call("delete", _core(namespace, plural, name), f"delete {plural}")
+        except NotFound:
+            return False
+        return True
+
+    # --- the TrainingJob --------------------------------------------------------------------------
+    async def patch_job_status(self, namespace: str, name: str, status_patch: dict[str, Any]) -> None:
+        """Merge-patch the status subresource."""
+        await self._call("patch", _job_url(namespace, name, "status"), "patch trainingjobs/status",
+                         {"status": status_patch}, _MERGE)
+
+    def total_requests(self) -> int:
+        return sum(self.requests.values())

@@ -1,0 +1,117 @@
+"""From what Kubernetes and Redis say to what the reconcile core needs. Pure.
+
+``observe_pod`` maps one pod to an ``ObservedReplica``; ``with_heartbeats`` adds the heartbeats
+the replicas wrote to Redis. Two invariants matter for partial recovery:
+
+- a heartbeat counts only when the Redis member's ``instance`` equals the pod's UID: a
+  replacement pod must never inherit the heartbeat of the pod it replaces (the member key is
+  per role/rank and outlives pods);
+- silence is measured only over time we were looking: a snapshot read ``age`` seconds ago shifts
+  every heartbeat by ``age``, and no snapshot at all (Redis unreachable) disables hung-replica
+  detection instead of declaring every replica hung.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from trainingjob_operator.k8s.resources import CONTAINER, replica_of
+from trainingjob_operator.reconcile import ObservedReplica, ReplicaId, ReplicaPhase
+
+# Pod phase -> replica phase. "Unknown" (node unreachable) stays Running: the heartbeat decides.
+_PHASES = {
+    "Pending": ReplicaPhase.PENDING,
+    "Running": ReplicaPhase.RUNNING,
+    "Succeeded": ReplicaPhase.SUCCEEDED,
+    "Failed": ReplicaPhase.FAILED,
+    "Unknown": ReplicaPhase.RUNNING,
+}
+
+
+def parse_time(value: Any) -> float | None:
+    """An RFC 3339 timestamp as epoch seconds (None when absent or malformed)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _main_container(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    statuses = status.get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == CONTAINER:
+            return dict(cs)
+    return dict(statuses[0]) if statuses else {}
+
+
+def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
+    """One pod as the core sees it; None when its labels do not name a replica."""
+    meta = pod.get("metadata") or {}
+    rid = replica_of(meta.get("labels") or {})
+    if rid is None:
+        return None
+    status = pod.get("status") or {}
+    phase = _PHASES.get(status.get("phase") or "Pending", ReplicaPhase.PENDING)
+    container = _main_container(status)
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    exit_code = terminated.get("exitCode")
+    reason = None
+    if phase is ReplicaPhase.FAILED:
+        # Evicted pods have no terminated container; OOMKilled is the container's reason.
+        if status.get("reason"):
+            reason = str(status["reason"])
+        elif terminated.get("reason") in ("OOMKilled", "DeadlineExceeded", "ContainerCannotRun"):
+            reason = str(terminated["reason"])
+    started = parse_time((state.get("running") or {}).get("startedAt")) or parse_time(status.get("startTime"))
+    return ObservedReplica(
+        id=rid,
+        phase=phase,
+        instance=str(meta.get("uid") or ""),
+        exit_code=int(exit_code) if isinstance(exit_code, int) else None,
+        reason=reason,
+        started_at=started,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HeartbeatSnapshot:
+    """Members read from Redis at ``read_at``: replica -> (instance, heartbeat time)."""
+
+    read_at: float
+    members: Mapping[ReplicaId, tuple[str, float]]
+
+
+def with_heartbeats(
+    observed: Mapping[ReplicaId, ObservedReplica], snapshot: HeartbeatSnapshot | None, now: float
+) -> dict[ReplicaId, ObservedReplica]:
+    """The observed replicas with their heartbeats; see the module docstring for the rules."""
+    if snapshot is None:
+        # Redis unknown: no evidence of silence, so no hung-replica verdicts (heartbeat or startup).
+        return {rid: dataclasses.replace(obs, heartbeat_at=None, started_at=None) for rid, obs in observed.items()}
+    age = max(0.0, now - snapshot.read_at)
+    out = {}
+    for rid, obs in observed.items():
+        member = snapshot.members.get(rid)
+        heartbeat = None
+        if member is not None and obs.instance and member[0] == obs.instance:
+            heartbeat = min(now, member[1] + age)
+        out[rid] = dataclasses.replace(obs, heartbeat_at=heartbeat)
+    return out
+
+
+def mark_deleting(
+    observed: Mapping[ReplicaId, ObservedReplica], requested: Mapping[ReplicaId, str]
+) -> dict[ReplicaId, ObservedReplica]:
+    """Pods we already asked to delete count as deleting until they are gone, even before the
+    API server stamps ``deletionTimestamp`` (the watch event may lag our own request)."""
+    return {
+        rid: dataclasses.replace(obs, deleting=True) if requested.get(rid) == obs.instance else obs
+        for rid, obs in observed.items()
+    }

@@ -1,0 +1,207 @@
+"""The TrainingJob's status as the operator writes it, and the core's memory inside it. Pure.
+
+``status.coordinator`` holds the reconcile core's ``JobMemory`` (everything but the conditions,
+which live in ``status.conditions``), so a restarted operator resumes where the last one stopped
+instead of recreating pods. Status is written as a JSON merge patch (RFC 7386: the only patch
+type custom resources accept), computed by ``merge_patch`` against what was written last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainingjob_operator.api.loading import ManifestError
+from trainingjob_operator.api.spec import Role
+from trainingjob_operator.api.status import (
+    Condition,
+    FailureRecord,
+    Phase,
+    ProgressStatus,
+    RecoveryStatus,
+    TrainingJobStatus,
+)
+from trainingjob_operator.reconcile import Decision, FailureEvent, JobMemory, ReplicaId, iso
+
+COORDINATOR_KEY = "coordinator"
+# Top-level status keys this operator owns; anything else under status is left alone.
+OWNED_KEYS = frozenset({"phase", "conditions", "replicas", "progress", "recovery", "startTime",
+                        "completionTime", "observedGeneration", COORDINATOR_KEY})
+
+
+# --- JobMemory <-> JSON --------------------------------------------------------------------------
+
+
+def _failure_to_dict(f: FailureEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {"replica": f.id.name, "reason": f.reason, "time": f.time, "instance": f.instance}
+    if f.exit_code is not None:
+        out["exitCode"] = f.exit_code
+    return out
+
+
+def _failure_from_dict(d: Mapping[str, Any]) -> FailureEvent:
+    return FailureEvent(ReplicaId.parse(d["replica"]), str(d["reason"]), float(d["time"]),
+                        d.get("exitCode"), str(d.get("instance", "")))
+
+
+def memory_to_dict(m: JobMemory) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "phase": m.phase.value,
+        "generation": m.generation,
+        "createdAt": {k: round(v, 3) for k, v in sorted(m.created_at.items())},
+        "replacing": sorted(m.replacing),
+        "succeeded": sorted(m.succeeded),
+        "restartTimes": {k: [round(t, 3) for t in v] for k, v in sorted(m.restart_times.items())},
+        "restarts": dict(sorted(m.restarts.items())),
+        "failures": m.failures,
+    }
+    if m.last_failure is not None:
+        out["lastFailure"] = _failure_to_dict(m.last_failure)
+    if m.start_time is not None:
+        out["startTime"] = m.start_time
+    if m.completion_time is not None:
+        out["completionTime"] = m.completion_time
+    return out
+
+
+def memory_from_status(status: Mapping[str, Any] | None) -> JobMemory | None:
+    """The memory a previous operator persisted, or None for a job it never ran (or garbage)."""
+    if not status or not isinstance(status.get(COORDINATOR_KEY), Mapping):
+        return None
+    d = status[COORDINATOR_KEY]
+    try:
+        conditions = tuple(Condition.model_validate(c) for c in status.get("conditions") or ())
+        return JobMemory(
+            phase=Phase(d["phase"]),
+            generation=int(d.get("generation", 0)),
+            created_at={str(k): float(v) for k, v in (d.get("createdAt") or {}).items()},
+            replacing=frozenset(d.get("replacing") or ()),
+            succeeded=frozenset(d.get("succeeded") or ()),
+            restart_times={str(k): tuple(float(t) for t in v) for k, v in (d.get("restartTimes") or {}).items()},
+            restarts={str(k): int(v) for k, v in (d.get("restarts") or {}).items()},
+            failures=int(d.get("failures", 0)),
+            last_failure=_failure_from_dict(d["lastFailure"]) if d.get("lastFailure") else None,
+            conditions=conditions,
+            start_time=float(d["startTime"]) if d.get("startTime") is not None else None,
+            completion_time=float(d["completionTime"]) if d.get("completionTime") is not None else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # unreadable (a different schema): start over rather than crash-loop
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryFacts:
+    """What the shell knows beyond the core's memory (Redis, tuning), for status.recovery."""
+
+    mode: str | None = None
+    interval_s: float | None = None
+    pls: float | None = None
+    last_checkpoint: str | None = None
+
+
+def render_status(
+    decision: Decision,
+    *,
+    progress: ProgressStatus,
+    recovery: RecoveryFacts,
+    observed_generation: int | None,
+) -> dict[str, Any]:
+    """The whole status the operator owns, in wire form (camelCase, no nulls)."""
+    m = decision.memory
+    last = m.last_failure
+    status = TrainingJobStatus(
+        phase=m.phase,
+        conditions=list(m.conditions),
+        replicas=decision.replicas,
+        progress=progress,
+        recovery=RecoveryStatus(
+            mode=recovery.mode,
+            generation=m.generation,
+            failures=m.failures,
+            last_failure=None if last is None else FailureRecord(
+                role=last.id.role.value, rank=last.id.rank, reason=last.reason, time=iso(last.time)),
+            interval_seconds=recovery.interval_s,
+            pls=recovery.pls,
+            last_checkpoint=recovery.last_checkpoint,
+        ),
+        start_time=iso(m.start_time) if m.start_time is not None else None,
+        completion_time=iso(m.completion_time) if m.completion_time is not None else None,
+        observed_generation=observed_generation,
+    )
+    wire = status.to_wire()
+    wire[COORDINATOR_KEY] = memory_to_dict(m)
+    return wire
+
+
+def invalid_spec_status(error: ManifestError, now: float) -> dict[str, Any]:
+    """Failed, with a condition naming the offending field (the error's one-line text)."""
+    condition = Condition(type="Failed", status="True", reason="InvalidSpec", message=str(error),
+                          last_transition_time=iso(now))
+    return {"phase": Phase.FAILED.value, "conditions": [condition.to_wire()]}
+
+
+def summarize_progress(
+    progress: Mapping[int, Any], results: Mapping[int, Mapping[str, Any]], target_samples: int
+) -> ProgressStatus:
+    """Trainer progress (Coordination.Progress per rank) and results -> status.progress."""
+    rates = [p.samples_per_second for p in progress.values() if p.samples_per_second]
+    losses = [p.loss for p in progress.values() if p.loss is not None]
+    aucs = [float(r["auc"]) for r in results.values() if isinstance(r.get("auc"), int | float)]
+    return ProgressStatus(
+        samples=sum(int(p.samples) for p in progress.values()),
+        target_samples=target_samples,
+        samples_per_second=round(sum(rates), 3) if rates else None,
+        loss=round(sum(losses) / len(losses), 6) if losses else None,
+        auc=round(sum(aucs) / len(aucs), 6) if aucs else None,
+    )
+
+
+def is_server(rid: ReplicaId) -> bool:
+    return rid.role is not Role.TRAINER
+
+
+# --- merge patches -----------------------------------------------------------------------------
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any], *, owned: frozenset[str] | None = None) -> dict[str, Any]:
+    """The RFC 7386 merge patch that turns ``old`` into ``new``; empty when they are equal.
+
+    Keys of ``old`` missing from ``new`` are removed (``None``) only when ``owned`` is None or
+    names them, so keys written by someone else survive.
+    """
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        if owned is None or key in owned:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif key not in old or before != value:
+            patch[key] = value
+    return patch
+
+
+def phase_event(before: Phase | None, after: Phase, decision: Decision) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a phase transition, or None for no event."""
+    if before is after:
+        return None
+    conditions = {c.type: c for c in decision.memory.conditions}
+    if after is Phase.RUNNING:
+        desired = sum(r.desired for r in decision.replicas.values())
+        if before is Phase.RECOVERING:
+            return ("Normal", "Recovered",
+                    f"all {desired} replicas running again (generation {decision.memory.generation})")
+        return ("Normal", "Running", f"all {desired} replicas running")
+    if after is Phase.SUCCEEDED:
+        return ("Normal", "Succeeded", conditions["Succeeded"].message if "Succeeded" in conditions else "done")
+    if after is Phase.FAILED:
+        failed = conditions.get("Failed")
+        return ("Warning", failed.reason if failed else "Failed", failed.message if failed else "job failed")
+    return None

@@ -1,0 +1,83 @@
+"""Replica processes: started with the pod env contract, tied to the supervisor's life.
+
+Every child gets PR_SET_PDEATHSIG=SIGKILL, so even a supervisor killed with SIGKILL leaves no
+orphans, and its own session so a terminal's Ctrl-C reaches only the supervisor, which then
+stops the children in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: Ctrl-C handling still stops the children
+
+
+@dataclass
+class Incarnation:
+    """One process of a replica (a replica has several after restarts)."""
+
+    pid: int
+    started_at: float
+    ended_at: float | None = None
+    exit_code: int | None = None
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class ReplicaProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    incarnation: Incarnation
+    kill_deadline: float | None = None  # SIGTERM sent; SIGKILL after this
+    log_path: Path | None = None
+    history: list[Incarnation] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        code = self.popen.poll()
+        if code is not None and self.incarnation.exit_code is None:
+            self.incarnation.exit_code = code
+            self.incarnation.ended_at = time.time()
+        return code
+
+    def terminate(self, grace_s: float) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            self.kill_deadline = time.monotonic() + grace_s
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+
+    def enforce_deadline(self) -> None:
+        if self.kill_deadline is not None and time.monotonic() > self.kill_deadline:
+            self.kill()
+
+
+def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> ReplicaProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "dlrm_trainer"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=_die_with_parent, start_new_session=True,
+    )
+    log.close()
+    return ReplicaProcess(name, popen, Incarnation(popen.pid, time.time()), log_path=log_path)

@@ -1,0 +1,74 @@
+"""The run summary written by `trainingjob run --summary PATH` (a pure function of what was seen)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from trainingjob_operator.api.spec import TrainingJob
+from trainingjob_operator.local.processes import Incarnation
+
+SCHEMA_VERSION = 1
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def build_summary(
+    *, job: TrainingJob, status: str, started: float, ended: float, results: dict[int, dict[str, Any]],
+    history: dict[str, list[Incarnation]], restarts: dict[str, int], failures: list[Any],
+    conditions: list[dict[str, Any]], lost_samples: int,
+) -> dict[str, Any]:
+    trainers = [results[r] for r in sorted(results)]
+    trained = sum(int(t.get("trained_samples", 0)) for t in trainers)
+    train_wall = max((float(t.get("wall_seconds", 0.0)) for t in trainers), default=0.0)
+    replicas = []
+    peak_by_role: dict[str, float] = {}
+    for name, incarnations in history.items():
+        role, _, rank = name.rpartition("-")
+        peak = max((i.peak_rss_mb for i in incarnations), default=0.0)
+        peak_by_role[role] = max(peak_by_role.get(role, 0.0), peak)
+        replicas.append({
+            "role": role, "rank": int(rank), "restarts": restarts.get(name, 0),
+            "pids": [dataclasses.asdict(i) for i in incarnations], "peak_rss_mb": round(peak, 1),
+        })
+    samples = sum(int(t.get("samples", 0)) for t in trainers)
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "job": job.name,
+        "namespace": job.namespace,
+        "status": status,
+        "samples": samples,
+        "target_samples": job.spec.data.train_samples,
+        "auc": _mean([float(t["auc"]) for t in trainers if "auc" in t]),
+        "logloss": _mean([float(t["log_loss"]) for t in trainers if "log_loss" in t]),
+        "normalized_entropy": _mean([float(t["normalized_entropy"]) for t in trainers if "normalized_entropy" in t]),
+        "teacher_auc": next((t["teacher_auc"] for t in trainers if "teacher_auc" in t), None),
+        "wall_seconds": round(ended - started, 3),
+        "train_seconds": round(train_wall, 3),
+        "samples_per_second": round(trained / train_wall, 1) if train_wall > 0 else None,
+        "sync": {
+            "mode": job.spec.training.sync.mode.value,
+            "algorithm": job.spec.training.sync.algorithm.value,
+            "exchanges": sum(int(t.get("syncs", 0)) for t in trainers),
+            "sync_gap_steps": _mean([float(t["sync_gap_steps"]) for t in trainers if "sync_gap_steps" in t]),
+        },
+        "peak_rss_mb_by_role": {k: round(v, 1) for k, v in sorted(peak_by_role.items())},
+        "replicas": replicas,
+        "failures": [dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f for f in failures],
+        "lost_samples": lost_samples,
+        "conditions": conditions,
+        "trainers": trainers,
+    }
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    """Atomic write: a reader never sees half a summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,285 @@
+"""The local supervisor: the reconcile core's shell for processes on one machine.
+
+Each tick it observes the replica processes (exit codes, heartbeats in Redis), asks
+``reconcile()`` what to do, and applies the actions by spawning or stopping processes. The same
+core drives the Kubernetes operator, so what you see locally is what the cluster does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from trainingjob_operator.api.spec import Role, TrainingJob
+from trainingjob_operator.api.status import Phase
+from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, spawn
+from trainingjob_operator.local.redis_server import EmbeddedRedis
+from trainingjob_operator.reconcile import (
+    CreateReplica,
+    DeleteReplica,
+    FailureEvent,
+    JobMemory,
+    ObservedReplica,
+    RecordFailure,
+    ReplicaId,
+    ReplicaPhase,
+    desired_replicas,
+    reconcile,
+)
+
+log = logging.getLogger("trainingjob.local")
+
+
+@dataclass
+class RunOptions:
+    workdir: Path | None = None  # default runs/<job>
+    redis_url: str | None = None  # default: the spec's, else an embedded server
+    poll_s: float = 0.2
+    grace_s: float = 5.0  # SIGTERM -> SIGKILL
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FailureLog:
+    role: str
+    rank: int
+    reason: str
+    time_s: float  # seconds since the job started
+    exit_code: int | None
+    generation: int
+    mode: str
+
+
+@dataclass
+class Snapshot:
+    """What the progress display shows each tick."""
+
+    phase: Phase
+    elapsed_s: float
+    samples: int
+    target_samples: int
+    samples_per_second: float | None
+    loss: float | None
+    failures: int
+    generation: int
+    running: int
+    desired: int
+
+
+class LocalSupervisor:
+    def __init__(self, job: TrainingJob, options: RunOptions | None = None,
+                 on_tick: Callable[[Snapshot], None] | None = None) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.options = options or RunOptions()
+        self.workdir = self.options.workdir or Path("runs") / job.name
+        self.on_tick = on_tick
+        self.processes: dict[str, ReplicaProcess] = {}
+        self.history: dict[str, list[Incarnation]] = {rid.name: [] for rid in desired_replicas(self.spec)}
+        self.failures: list[FailureLog] = []
+        self.memory = JobMemory()
+        self.started = time.time()
+        self.coord: Coordination | None = None
+        self.redis_url: str | None = None
+        self._last_rss = 0.0
+        self.interrupted = False
+
+    # --- observing -------------------------------------------------------------------------
+    def observe(self) -> dict[ReplicaId, ObservedReplica]:
+        assert self.coord is not None
+        observed = {}
+        for name, proc in self.processes.items():
+            rid = ReplicaId.parse(name)
+            code = proc.poll()
+            heartbeat = None
+            if code is None:
+                member = self.coord.member(rid.role.value, rid.rank)
+                if member is not None and member.instance == str(proc.pid):
+                    heartbeat = member.heartbeat  # never a predecessor's heartbeat
+                phase = ReplicaPhase.RUNNING
+            else:
+                phase = ReplicaPhase.SUCCEEDED if code == 0 else ReplicaPhase.FAILED
+            reason = f"Signal{-code}" if code is not None and code < 0 else None
+            observed[rid] = ObservedReplica(
+                rid, phase, str(proc.pid), code, reason, proc.incarnation.started_at, heartbeat,
+                deleting=proc.kill_deadline is not None and code is None,
+            )
+        return observed
+
+    def _sample_memory(self) -> None:
+        now = time.monotonic()
+        if now - self._last_rss < 1.0:
+            return
+        self._last_rss = now
+        for proc in self.processes.values():
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+                proc.incarnation.peak_rss_mb = max(proc.incarnation.peak_rss_mb, rss)
+
+    # --- acting ----------------------------------------------------------------------------
+    def replica_env(self, rid: ReplicaId, generation: int) -> dict[str, str]:
+        assert self.redis_url is not None
+        return {
+            "TJ_JOB": self.job.name, "TJ_NAMESPACE": self.job.namespace, "TJ_ROLE": rid.role.value,
+            "TJ_RANK": str(rid.rank), "TJ_REDIS_URL": self.redis_url, "TJ_SPEC": self.job.spec_json(),
+            "POD_IP": "127.0.0.1", "TJ_GENERATION": str(generation),
+            "TJ_CHECKPOINT_DIR": str(Path(self.spec.recovery.checkpoint.storage or self.workdir / "checkpoints")),
+            "PYTHONUNBUFFERED": "1", **self.spec.replicas.for_role(rid.role).env, **self.options.extra_env,
+        }
+
+    def apply(self, actions: list, now: float) -> None:
+        for action in actions:
+            if isinstance(action, CreateReplica):
+                name = action.id.name
+                proc = spawn(name, self.replica_env(action.id, action.generation),
+                             self.workdir / "logs" / f"{name}.log")
+                self.processes[name] = proc
+                self.history[name].append(proc.incarnation)
+                log.info("started %s pid %d (%s, generation %d)", name, proc.pid, action.reason, action.generation)
+            elif isinstance(action, DeleteReplica):
+                proc_ = self.processes.get(action.id.name)
+                if proc_ is not None:
+                    proc_.terminate(self.options.grace_s)
+            elif isinstance(action, RecordFailure):
+                self.record_failure(action.failure, action.generation, action.mode)
+
+    def record_failure(self, failure: FailureEvent, generation: int, mode: str) -> None:
+        assert self.coord is not None
+        entry = FailureLog(failure.id.role.value, failure.id.rank, failure.reason, failure.time - self.started,
+                           failure.exit_code, generation, mode)
+        self.failures.append(entry)
+        self.coord.set_generation(generation)
+        self.coord.log_failure(role=entry.role, rank=entry.rank, reason=entry.reason, time=failure.time,
+                               exit_code=entry.exit_code, generation=generation, mode=mode)
+        log.warning("%s failed (%s); %s recovery, generation %d", failure.id.name, failure.reason, mode, generation)
+
+    def reap(self) -> None:
+        """Forget processes that exited after we stopped them: the core then sees them missing."""
+        for name, proc in list(self.processes.items()):
+            proc.enforce_deadline()
+            if proc.kill_deadline is not None and proc.poll() is not None:
+                del self.processes[name]
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            proc.terminate(self.options.grace_s)
+        deadline = time.monotonic() + self.options.grace_s + 2
+        while any(p.poll() is None for p in self.processes.values()) and time.monotonic() < deadline:
+            for p in self.processes.values():
+                p.enforce_deadline()
+            time.sleep(0.05)
+        for p in self.processes.values():
+            p.kill()
+            with contextlib.suppress(Exception):
+                p.popen.wait(2)
+            p.poll()
+
+    # --- the loop --------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.time()
+        self.reap()
+        observed = self.observe()
+        decision = reconcile(self.spec, observed, self.memory, now, self.recovery_mode())
+        self.memory = decision.memory
+        self.apply(decision.actions, now)
+        # A replica that exited on its own and is being replaced needs no grace period.
+        for action in decision.actions:
+            if isinstance(action, DeleteReplica) and (p := self.processes.get(action.id.name)) is not None \
+                    and p.poll() is not None:
+                del self.processes[action.id.name]
+        self._sample_memory()
+
+    def recovery_mode(self) -> str:
+        return "full" if self.spec.recovery.mode.value == "full" else "partial"
+
+    def snapshot(self) -> Snapshot:
+        assert self.coord is not None
+        progress = self.coord.all_progress(self.spec.replicas.trainer.replicas)
+        rates = [p.samples_per_second for p in progress.values() if p.samples_per_second]
+        losses = [p.loss for p in progress.values() if p.loss is not None]
+        return Snapshot(
+            phase=self.memory.phase, elapsed_s=time.time() - self.started,
+            samples=sum(p.samples for p in progress.values()), target_samples=self.spec.data.train_samples,
+            samples_per_second=sum(rates) if rates else None, loss=sum(losses) / len(losses) if losses else None,
+            failures=self.memory.failures, generation=self.memory.generation,
+            running=sum(1 for p in self.processes.values() if p.poll() is None),
+            desired=len(desired_replicas(self.spec)),
+        )
+
+    def run(self) -> dict[str, Any]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        url = self.options.redis_url or self.spec.redis.url
+        embedded = None if url else EmbeddedRedis(self.workdir / "redis")
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            self.redis_url = url or embedded.start()  # type: ignore[union-attr]
+            self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name)
+            self.coord.clear()
+            self.started = time.time()
+            last_tick_report = 0.0
+            while not (self.memory.phase.finished and not self._alive()):
+                self.tick()
+                if self.on_tick is not None and time.monotonic() - last_tick_report >= 0.5:
+                    self.on_tick(self.snapshot())
+                    last_tick_report = time.monotonic()
+                time.sleep(self.options.poll_s)
+            if self.on_tick is not None:
+                self.on_tick(self.snapshot())
+            return self.summary()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.stop_all()
+            return self.summary()
+        finally:
+            self.stop_all()
+            signal.signal(signal.SIGTERM, previous)
+            if embedded is not None:
+                embedded.stop()
+
+    def _alive(self) -> bool:
+        return any(p.poll() is None for p in self.processes.values())
+
+    # --- the summary -----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        from trainingjob_operator.local.summary import build_summary
+
+        results: dict[int, dict[str, Any]] = {}
+        lost = 0
+        if self.coord is not None:
+            with contextlib.suppress(Exception):
+                for rank in range(self.spec.replicas.trainer.replicas):
+                    if (r := self.coord.result(rank)) is not None:
+                        results[rank] = r
+                lost = self.coord.lost_samples()
+        status = "Interrupted" if self.interrupted else self.memory.phase.value
+        return build_summary(
+            job=self.job, status=status, started=self.started, ended=time.time(), results=results,
+            history=self.history, restarts=dict(self.memory.restarts), failures=self.failures,
+            conditions=[c.to_wire() for c in self.memory.conditions], lost_samples=lost,
+        )
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def role_of(name: str) -> Role:
+    return ReplicaId.parse(name).role
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,354 @@
+"""The reconcile core shared by the kopf operator and the local supervisor.
+
+A pure state machine: ``reconcile(spec, observed, memory, now, mode) -> Decision``. It never
+touches Kubernetes, processes, Redis or a clock. The shells observe replicas (pods or local
+processes), call it, apply ``Decision.actions`` and keep ``Decision.memory`` for the next call.
+
+Recovery semantics follow ARCHITECTURE.md §4: in partial mode only the failed replica is
+replaced (survivors keep running, keep their memory); in full mode every unfinished replica is
+deleted and recreated (the torchrun/PyTorchJob baseline). Exit code 78 is a permanent
+configuration error and a per-replica restart budget inside a time window stops crash loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from trainingjob_operator.api.spec import ROLES, Role, TrainingJobSpec
+from trainingjob_operator.api.status import Condition, Phase, RoleReplicaStatus
+
+EXIT_PERMANENT = 78  # EX_CONFIG from sysexits.h: retrying cannot help
+CREATE_GRACE_S = 30.0  # a just-created replica may not be observable yet (watch lag)
+STARTUP_GRACE_MIN_S = 120.0  # no heartbeat yet: importing torch and loading a shard takes a while
+
+
+@dataclass(frozen=True, order=True)
+class ReplicaId:
+    role: Role
+    rank: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.role.value}-{self.rank}"
+
+    @classmethod
+    def parse(cls, name: str) -> ReplicaId:
+        role, _, rank = name.rpartition("-")
+        return cls(Role(role), int(rank))
+
+
+def desired_replicas(spec: TrainingJobSpec) -> list[ReplicaId]:
+    """Every replica the spec asks for, servers first (trainers need them to start)."""
+    return [ReplicaId(role, rank) for role in ROLES for rank in range(spec.replicas.count(role))]
+
+
+class ReplicaPhase(enum.StrEnum):
+    PENDING = "Pending"  # created, not yet running (pod scheduling, image pull)
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class ObservedReplica:
+    """What a shell saw of one replica: a pod or a local process."""
+
+    id: ReplicaId
+    phase: ReplicaPhase
+    instance: str = ""  # pod UID or process id: tells a replacement from the original
+    exit_code: int | None = None
+    reason: str | None = None  # e.g. Evicted, OOMKilled, Signal 9
+    started_at: float | None = None
+    heartbeat_at: float | None = None  # last heartbeat the replica wrote to Redis
+    deleting: bool = False  # deletion already requested (pod has deletionTimestamp)
+
+
+@dataclass(frozen=True)
+class FailureEvent:
+    id: ReplicaId
+    reason: str
+    time: float
+    exit_code: int | None = None
+    instance: str = ""
+
+
+# --- actions the shells apply ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateReplica:
+    id: ReplicaId
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeleteReplica:
+    """Stop a replica. ``recreate`` says it is being replaced (the core will create it once gone)."""
+
+    id: ReplicaId
+    reason: str
+    recreate: bool
+
+
+@dataclass(frozen=True)
+class RecordFailure:
+    """Log the failure (Redis stream, Kubernetes Event, summary)."""
+
+    failure: FailureEvent
+    generation: int
+    mode: str
+
+
+Action = CreateReplica | DeleteReplica | RecordFailure
+
+
+# --- the coordinator's memory between two calls ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobMemory:
+    """State the core carries between calls; shells persist it (status on Kubernetes)."""
+
+    phase: Phase = Phase.PENDING
+    generation: int = 0
+    created_at: Mapping[str, float] = field(default_factory=dict)  # last create action per replica
+    replacing: frozenset[str] = frozenset()  # deleted by us, to be created again once gone
+    succeeded: frozenset[str] = frozenset()  # trainers that finished: never restarted
+    restart_times: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # failures, for the budget
+    restarts: Mapping[str, int] = field(default_factory=dict)  # every replacement, for status
+    failures: int = 0
+    last_failure: FailureEvent | None = None
+    conditions: tuple[Condition, ...] = ()
+    start_time: float | None = None
+    completion_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: list[Action]
+    memory: JobMemory
+    replicas: dict[str, RoleReplicaStatus]
+
+    @property
+    def phase(self) -> Phase:
+        return self.memory.phase
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: tuple[Condition, ...], type_: str, status: bool, reason: str, message: str, now: float
+) -> tuple[Condition, ...]:
+    """Upsert a condition; lastTransitionTime moves only when the status flips (Kubernetes convention)."""
+    value = "True" if status else "False"
+    old = next((c for c in conditions if c.type == type_), None)
+    changed_at = old.last_transition_time if old is not None and old.status == value else iso(now)
+    new = Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=changed_at)
+    if old is None:
+        return (*conditions, new)
+    return tuple(new if c.type == type_ else c for c in conditions)
+
+
+# --- the core -------------------------------------------------------------------------------
+
+
+def _failure_of(
+    rid: ReplicaId, obs: ObservedReplica | None, memory: JobMemory, spec: TrainingJobSpec, now: float
+) -> FailureEvent | None:
+    """Why this replica counts as failed now, or None if it is healthy, waiting or done."""
+    name = rid.name
+    if name in memory.succeeded or name in memory.replacing:
+        return None  # done, or already being replaced: never counted twice
+    if obs is None:
+        if name not in memory.created_at:
+            return None  # ours to create, not a failure
+        if now - memory.created_at[name] < CREATE_GRACE_S:
+            return None  # created a moment ago, not visible yet
+        return FailureEvent(rid, "Deleted", now)
+    if obs.deleting:
+        return None
+    if obs.phase is ReplicaPhase.FAILED:
+        reason = obs.reason or (f"ExitCode{obs.exit_code}" if obs.exit_code is not None else "Failed")
+        return FailureEvent(rid, reason, now, obs.exit_code, obs.instance)
+    if obs.phase is ReplicaPhase.SUCCEEDED and rid.role is not Role.TRAINER:
+        return FailureEvent(rid, "ServerExited", now, obs.exit_code, obs.instance)
+    if obs.phase is ReplicaPhase.RUNNING:
+        timeout = spec.recovery.heartbeat_timeout_seconds
+        if obs.heartbeat_at is not None:
+            if now - obs.heartbeat_at > timeout:
+                return FailureEvent(rid, "HeartbeatTimeout", now, None, obs.instance)
+        elif obs.started_at is not None and now - obs.started_at > max(STARTUP_GRACE_MIN_S, 4 * timeout):
+            return FailureEvent(rid, "NoHeartbeat", now, None, obs.instance)
+    return None
+
+
+def _recent(times: tuple[float, ...], now: float, window: float) -> tuple[float, ...]:
+    return tuple(t for t in times if now - t <= window)
+
+
+def _fatal(failure: FailureEvent, memory: JobMemory, spec: TrainingJobSpec, now: float) -> tuple[str, str] | None:
+    """(reason, message) when this failure must fail the whole job."""
+    if failure.exit_code == EXIT_PERMANENT:
+        return ("PermanentError", f"{failure.id.name} exited with code 78 (configuration error); not retried")
+    budget = spec.recovery.restart_budget
+    recent = _recent(memory.restart_times.get(failure.id.name, ()), now, budget.window_seconds)
+    if len(recent) >= budget.max_restarts:
+        return (
+            "RestartBudgetExhausted",
+            f"{failure.id.name} failed {len(recent) + 1} times within {budget.window_seconds:g}s "
+            f"(budget {budget.max_restarts}); last reason {failure.reason}",
+        )
+    return None
+
+
+def _stop_everything(
+    observed: Mapping[ReplicaId, ObservedReplica], reason: str
+) -> list[Action]:
+    return [
+        DeleteReplica(rid, reason, recreate=False)
+        for rid, obs in sorted(observed.items())
+        if obs.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not obs.deleting
+    ]
+
+
+def _replica_status(
+    spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], memory: JobMemory
+) -> dict[str, RoleReplicaStatus]:
+    out = {}
+    for role in ROLES:
+        ids = [ReplicaId(role, r) for r in range(spec.replicas.count(role))]
+        ready = sum(1 for rid in ids if (o := observed.get(rid)) is not None and o.phase is ReplicaPhase.RUNNING)
+        out[role.value] = RoleReplicaStatus(
+            desired=len(ids), ready=ready, restarts=sum(memory.restarts.get(rid.name, 0) for rid in ids)
+        )
+    return out
+
+
+def reconcile(
+    spec: TrainingJobSpec,
+    observed: Mapping[ReplicaId, ObservedReplica],
+    memory: JobMemory,
+    now: float,
+    mode: str = "partial",
+) -> Decision:
+    """Decide what to do about one job. ``mode`` is the effective recovery mode: partial or full
+    (the caller resolves ``auto`` with the tuning module's benefit test)."""
+    desired = desired_replicas(spec)
+    mem = memory if memory.start_time is not None else dataclasses.replace(memory, start_time=now)
+
+    if mem.phase.finished:
+        # Nothing is restarted after the end; only leftovers are cleaned up.
+        return Decision(_stop_everything(observed, f"Job{mem.phase.value}"), mem, _replica_status(spec, observed, mem))
+
+    succeeded = set(mem.succeeded) | {
+        rid.name for rid in desired
+        if rid.role is Role.TRAINER and (o := observed.get(rid)) is not None and o.phase is ReplicaPhase.SUCCEEDED
+    }
+    mem = dataclasses.replace(mem, succeeded=frozenset(succeeded))
+    trainers = [rid for rid in desired if rid.role is Role.TRAINER]
+    if all(rid.name in succeeded for rid in trainers):
+        conditions = set_condition(mem.conditions, "Succeeded", True, "TrainersCompleted",
+                                   f"all {len(trainers)} trainers finished", now)
+        conditions = set_condition(conditions, "Recovering", False, "Completed", "", now)
+        mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
+                                  replacing=frozenset())
+        return Decision(_stop_everything(observed, "TrainersCompleted"), mem, _replica_status(spec, observed, mem))
+
+    failures = [f for rid in desired if (f := _failure_of(rid, observed.get(rid), mem, spec, now)) is not None]
+    actions: list[Action] = []
+    for failure in failures:
+        fatal = _fatal(failure, mem, spec, now)
+        if fatal is not None:
+            reason, message = fatal
+            conditions = set_condition(mem.conditions, "Failed", True, reason, message, now)
+            conditions = set_condition(conditions, "Recovering", False, reason, "", now)
+            mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
+                                      failures=mem.failures + 1, last_failure=failure, replacing=frozenset())
+            actions = [RecordFailure(failure, mem.generation, mode), *_stop_everything(observed, reason)]
+            return Decision(actions, mem, _replica_status(spec, observed, mem))
+
+    replacing = set(mem.replacing)
+    restart_times = dict(mem.restart_times)
+    restarts = dict(mem.restarts)
+    generation = mem.generation
+    conditions = mem.conditions
+    if failures:
+        generation += 1
+        to_replace = (
+            {f.id for f in failures}
+            if mode == "partial"
+            else {rid for rid in desired if rid.name not in succeeded}
+        )
+        for failure in failures:
+            restart_times[failure.id.name] = (
+                *_recent(restart_times.get(failure.id.name, ()), now, spec.recovery.restart_budget.window_seconds),
+                now,
+            )
+            actions.append(RecordFailure(failure, generation, mode))
+        for rid in sorted(to_replace):
+            restarts[rid.name] = restarts.get(rid.name, 0) + 1
+            obs = observed.get(rid)
+            if rid.name in replacing:
+                continue
+            replacing.add(rid.name)
+            if obs is not None and not obs.deleting:
+                actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
+        last = failures[-1]
+        names = ", ".join(f.id.name for f in failures)
+        conditions = set_condition(conditions, "Recovering", True, last.reason,
+                                   f"replacing {names if mode == 'partial' else 'all replicas'} "
+                                   f"({mode} recovery, generation {generation})", now)
+
+    created_at = dict(mem.created_at)
+    for rid in desired:
+        name = rid.name
+        if name in succeeded or rid in observed:
+            continue
+        if name in replacing or name not in created_at:
+            reason = "Replacement" if name in replacing else "Initial"
+            actions.append(CreateReplica(rid, generation, reason))
+            created_at[name] = now
+            replacing.discard(name)
+
+    pending_replacements = bool(replacing) or any(
+        isinstance(a, CreateReplica) and a.reason == "Replacement" for a in actions
+    )
+    all_running = all(
+        rid.name in succeeded or ((o := observed.get(rid)) is not None and o.phase is ReplicaPhase.RUNNING)
+        for rid in desired
+    )
+    if pending_replacements or failures:
+        phase = Phase.RECOVERING
+    elif all_running:
+        phase = Phase.RUNNING
+        if any(c.type == "Recovering" and c.status == "True" for c in conditions):
+            conditions = set_condition(conditions, "Recovering", False, "Recovered",
+                                       f"all replicas running (generation {generation})", now)
+    else:
+        phase = Phase.PENDING if mem.phase is Phase.PENDING else Phase.RECOVERING
+    if phase is Phase.RUNNING or mem.phase is not Phase.PENDING:
+        conditions = set_condition(conditions, "Running", phase is Phase.RUNNING,
+                                   "AllReplicasRunning" if phase is Phase.RUNNING else phase.value, "", now)
+    mem = dataclasses.replace(
+        mem,
+        phase=phase,
+        generation=generation,
+        created_at=created_at,
+        replacing=frozenset(replacing),
+        restart_times=restart_times,
+        restarts=restarts,
+        failures=mem.failures + len(failures),
+        last_failure=failures[-1] if failures else mem.last_failure,
+        conditions=conditions,
+    )
+    return Decision(actions, mem, _replica_status(spec, observed, mem))

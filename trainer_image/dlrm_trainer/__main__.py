@@ -1,0 +1,47 @@
+"""Entrypoint of the trainer image: ``python -m dlrm_trainer`` runs the role named by TJ_ROLE.
+
+Exit codes: 0 done, 78 configuration error (never retried), anything else retryable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+from dlrm_trainer.runtime import EXIT_CONFIG, ConfigError, replica_env
+from trainingjob_operator.api.spec import Role
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("TJ_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        renv = replica_env()
+        import torch
+
+        torch.set_num_threads(renv.spec.training.torch_threads)
+        if renv.role is Role.EMBEDDING_SERVER:
+            from dlrm_trainer.roles import run_embedding_server
+
+            return run_embedding_server(renv)
+        if renv.role is Role.SYNC_SERVER:
+            from dlrm_trainer.roles import run_sync_server
+
+            return run_sync_server(renv)
+        from dlrm_trainer.roles import run_trainer
+
+        return run_trainer(renv)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # noqa: BLE001 - report and exit non-zero: the coordinator retries
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

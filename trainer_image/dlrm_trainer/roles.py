@@ -1,0 +1,115 @@
+"""The three roles as process main functions: start, register in Redis, serve or train, exit."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+
+from dlrm_trainer import embedding_server, sync_server
+from dlrm_trainer.rpc import Client
+from dlrm_trainer.runtime import Heartbeat, ReplicaEnv, coordination, endpoint, stop_event_on_signals
+from trainingjob_operator.api.spec import Role
+from trainingjob_operator.coordination import Coordination
+
+log = logging.getLogger("dlrm_trainer")
+SERVER_WAIT_S = 600.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, port: int, stop_server) -> int:  # type: ignore[no-untyped-def]
+    stop = stop_event_on_signals()
+    coord.register(renv.role.value, renv.rank, endpoint(renv.host, port), renv.instance)
+    heartbeat = Heartbeat(coord, renv)
+    heartbeat.start()
+    log.info("%s serving on %s:%d", renv.name, renv.host, port)
+    stop.wait()
+    heartbeat.stop()
+    stop_server()
+    coord.r.hset(coord.key("peak_rss_mb"), renv.name, peak_rss_mb())
+    return 0
+
+
+def run_embedding_server(renv: ReplicaEnv) -> int:
+    spec = renv.spec
+    coord = coordination(renv)
+    num_shards = spec.replicas.embedding_server.replicas
+    tables = embedding_server.ShardTables.initialise(
+        spec.model.rows(), spec.model.embedding_dim, num_shards, renv.rank, spec.data.seed)
+    shard = embedding_server.EmbeddingShard(tables, num_shards, renv.rank, spec.training.embedding_learning_rate)
+    server = embedding_server.serve(shard, host="0.0.0.0")
+    return _serve_until_stopped(renv, coord, server.port, server.stop)
+
+
+def run_sync_server(renv: ReplicaEnv) -> int:
+    spec = renv.spec
+    coord = coordination(renv)
+    service = sync_server.SyncService(spec.replicas.trainer.replicas, spec.training.sync.block_momentum,
+                                      spec.training.sync.block_learning_rate)
+    server = sync_server.serve(service, host="0.0.0.0")
+    return _serve_until_stopped(renv, coord, server.port, server.stop)
+
+
+def _resolver(coord: Coordination, role: Role, rank: int):  # type: ignore[no-untyped-def]
+    def resolve() -> str | None:
+        member = coord.member(role.value, rank)
+        return member.endpoint if member is not None else None
+
+    return resolve
+
+
+def wait_for_servers(coord: Coordination, renv: ReplicaEnv, timeout_s: float = SERVER_WAIT_S) -> None:
+    spec = renv.spec
+    deadline = time.monotonic() + timeout_s
+    needed = {Role.EMBEDDING_SERVER: spec.replicas.embedding_server.replicas, Role.SYNC_SERVER: 1}
+    while True:
+        missing = [f"{role.value}-{r}" for role, n in needed.items() for r in range(n)
+                   if coord.member(role.value, r) is None]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"servers not registered after {timeout_s:.0f}s: {', '.join(missing)}")
+        time.sleep(0.2)
+
+
+def run_trainer(renv: ReplicaEnv) -> int:
+    import torch
+
+    from dlrm_trainer.sources import data_source
+    from dlrm_trainer.trainer import Trainer, choose_device
+
+    spec = renv.spec
+    coord = coordination(renv)
+    coord.register(renv.role.value, renv.rank, "", renv.instance)
+    heartbeat = Heartbeat(coord, renv)
+    heartbeat.start()
+    wait_for_servers(coord, renv)
+    emb_clients = [Client(embedding_server.SERVICE, _resolver(coord, Role.EMBEDDING_SERVER, r))
+                   for r in range(spec.replicas.embedding_server.replicas)]
+    sync_client = Client(sync_server.SERVICE, _resolver(coord, Role.SYNC_SERVER, 0))
+    device = choose_device(spec.training.device)
+    trainer = Trainer(spec, renv.rank, coord, data_source(spec), emb_clients, sync_client, device)
+    previous = coord.progress(renv.rank)
+    resumed = previous is not None and not previous.done
+    if resumed and previous is not None:
+        # A replacement: resume this shard's cursor and start from the central dense copy.
+        trainer.initialise_from_center()
+        log.info("trainer-%d resuming at batch %d", renv.rank, previous.cursor)
+    stats = trainer.train(previous.cursor if resumed and previous else 0,
+                          previous.samples if resumed and previous else 0)
+    result = {"rank": renv.rank, "device": str(device), **stats}
+    evaluation = trainer.evaluate(spec.data.eval_samples)
+    result["eval_samples"] = evaluation.pop("samples")
+    result.update(evaluation)
+    if renv.rank == 0 and hasattr(trainer.source, "teacher_auc"):
+        result["teacher_auc"] = float(trainer.source.teacher_auc(spec.data.eval_samples, 8192))
+    result["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    coord.set_result(renv.rank, result)
+    log.info("trainer-%d done: %s", renv.rank, result)
+    heartbeat.stop()
+    return 0

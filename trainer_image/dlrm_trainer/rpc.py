@@ -1,0 +1,165 @@
+"""gRPC transport for tensors: the one seam between trainers and servers.
+
+Messages are safetensors blobs (a dict of tensors plus a small JSON header), carried by gRPC's
+generic handlers, so there is no hand-rolled socket protocol and no generated code to keep in
+sync. gRPC brings deadlines, wait-for-ready, status codes and the standard health service that
+Kubernetes probes natively.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Fail fast on a dead peer so the client can re-resolve its replacement from Redis.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+_META = "__meta__"
+
+
+@dataclass
+class Message:
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(message: Message) -> bytes:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in message.tensors.items()}
+    tensors[_META] = torch.frombuffer(bytearray(json.dumps(message.meta).encode()), dtype=torch.uint8)
+    return st_save(tensors)
+
+
+def decode(data: bytes) -> Message:
+    tensors = st_load(data)
+    meta = json.loads(bytes(tensors.pop(_META).numpy()).decode())
+    return Message(tensors, meta)
+
+
+Handler = Callable[[Message], Message]
+
+
+class Server:
+    """A gRPC server exposing ``service/method`` handlers plus the standard health service."""
+
+    def __init__(self, service: str, handlers: Mapping[str, Handler], host: str = "0.0.0.0", port: int = 0,
+                 workers: int = 8) -> None:
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
+        rpc_handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                _wrap(fn), request_deserializer=decode, response_serializer=encode
+            )
+            for name, fn in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, rpc_handlers)])
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.service = service
+
+    def start(self) -> None:
+        self._server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(self.service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+
+def _wrap(fn: Handler) -> Callable[[Message, grpc.ServicerContext], Message]:
+    def handler(request: Message, context: grpc.ServicerContext) -> Message:
+        try:
+            return fn(request)
+        except (ValueError, KeyError, IndexError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+class Client:
+    """Calls one server. ``resolve`` re-reads the endpoint (from Redis) after the peer was replaced."""
+
+    def __init__(self, service: str, resolve: Callable[[], str | None], deadline_s: float = 60.0) -> None:
+        self.service = service
+        self._resolve = resolve
+        self.deadline_s = deadline_s
+        self._endpoint: str | None = None
+        self._channel: grpc.Channel | None = None
+        self._stale = True
+        self.reconnects = 0
+        self.stalled_s = 0.0  # time spent waiting for an unavailable peer
+
+    def _connect(self) -> grpc.Channel:
+        if not self._stale and self._channel is not None:
+            return self._channel
+        endpoint = self._resolve()
+        if endpoint is None:
+            raise ConnectionError(f"{self.service}: no endpoint registered")
+        if endpoint != self._endpoint or self._channel is None:
+            if self._channel is not None:
+                self._channel.close()
+                self.reconnects += 1
+            self._channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._endpoint = endpoint
+        self._stale = False
+        return self._channel
+
+    def _callable(self, method: str) -> grpc.UnaryUnaryMultiCallable:
+        return self._connect().unary_unary(
+            f"/{self.service}/{method}", request_serializer=encode, response_deserializer=decode
+        )
+
+    def call(self, method: str, request: Message, deadline_s: float | None = None) -> Message:
+        """Call with retries until the deadline: an unavailable peer is re-resolved and waited for."""
+        deadline = time.monotonic() + (deadline_s or self.deadline_s)
+        backoff = 0.05
+        first_failure: float | None = None
+        while True:
+            try:
+                remaining = max(0.1, deadline - time.monotonic())
+                response: Message = self._callable(method)(request, timeout=min(remaining, 30.0))
+                if first_failure is not None:
+                    self.stalled_s += time.monotonic() - first_failure
+                return response
+            except (grpc.RpcError, ConnectionError) as exc:
+                code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                    raise
+                if first_failure is None:
+                    first_failure = time.monotonic()
+                if time.monotonic() + backoff > deadline:
+                    raise TimeoutError(f"{self.service}.{method}: peer unavailable until deadline") from exc
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                self._stale = True  # resolve again: the peer may have been replaced
+
+    def call_async(self, method: str, request: Message) -> grpc.Future:
+        """Fire without retries (the caller falls back to ``call`` on failure)."""
+        future: grpc.Future = self._callable(method).future(request, timeout=self.deadline_s)
+        return future
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None

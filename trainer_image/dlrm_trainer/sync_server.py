@@ -1,0 +1,59 @@
+"""Sync server: the central copy of the dense parameters for ShadowSync (S-EASGD, S-MA, S-BMUF).
+
+It needs no checkpoint: a replacement starts empty and is re-seeded by the first trainer that
+exchanges with it (ARCHITECTURE.md §4).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dlrm_trainer import sync_algorithms as algo
+from dlrm_trainer.rpc import Message, Server
+
+SERVICE = "tj.SyncServer"
+STALENESS_S = 10.0  # a trainer silent this long no longer counts toward MA/BMUF averages
+
+
+class SyncService:
+    def __init__(self, trainers: int, block_momentum: float | None, block_lr: float) -> None:
+        self.state = algo.CentralState()
+        self.trainers = trainers
+        self.block_momentum = block_momentum
+        self.block_lr = block_lr
+
+    def exchange(self, request: Message) -> Message:
+        x_i = request.tensors["params"]
+        meta = request.meta
+        algorithm, rank = meta["algorithm"], int(meta["rank"])
+        now = time.monotonic()
+        if algorithm == "easgd":
+            d = algo.easgd_server(self.state, x_i, float(meta["alpha"]))
+            return Message({"delta": d}, {"exchanges": self.state.exchanges})
+        if algorithm == "ma":
+            mean = algo.ma_server(self.state, rank, x_i, now, STALENESS_S)
+            return Message({"target": mean}, {"exchanges": self.state.exchanges, "version": self.state.exchanges})
+        if algorithm == "bmuf":
+            start, version = algo.bmuf_server(self.state, rank, x_i, now, STALENESS_S, self.trainers,
+                                              self.block_momentum, self.block_lr)
+            return Message({"target": start}, {"exchanges": self.state.exchanges, "version": version})
+        raise ValueError(f"unknown sync algorithm {algorithm!r}")
+
+    def pull(self, request: Message) -> Message:
+        """The central copy, for a replacement trainer; empty when not seeded yet."""
+        with self.state.lock:
+            center = self.state.center
+            return Message({"center": center.clone()} if center is not None else {},
+                           {"seeded": center is not None})
+
+
+def serve(service: SyncService, host: str = "0.0.0.0", port: int = 0) -> Server:
+    server = Server(SERVICE, {"Exchange": service.exchange, "Pull": service.pull}, host, port, workers=8)
+    server.start()
+    return server
+
+
+def flat_size(params: list[torch.Tensor]) -> int:
+    return sum(p.numel() for p in params)

@@ -1,0 +1,235 @@
+"""The trainer: Hogwild worker threads on one dense replica, plus ShadowSync's shadow thread.
+
+Each worker thread takes the next batch of this trainer's data shard, fetches the rows it needs
+from the embedding servers, runs forward/backward on the dense DLRM, applies Adagrad to the
+shared dense replica without locks (Hogwild) and pushes the rows' gradients back. In background
+mode a shadow thread exchanges the replica with the sync server in a loop, off the critical
+path (S-EASGD, S-MA or S-BMUF); in foreground mode the exchange happens inside the loop every
+``everySteps`` steps (the baseline ShadowSync is compared against).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dlrm_trainer import sync_algorithms as algo
+from dlrm_trainer.data.batch import Batch, feature_keys
+from dlrm_trainer.metrics import StreamingEval
+from dlrm_trainer.model import DenseDLRM, Fetched, RemoteEmbeddings, flatten_parameters
+from dlrm_trainer.rpc import Client, Message
+from dlrm_trainer.sources import DataSource
+from trainingjob_operator.api.spec import SyncMode, TrainingJobSpec
+from trainingjob_operator.coordination import Coordination, Progress
+
+log = logging.getLogger("dlrm_trainer.trainer")
+ADAGRAD_EPS = 1e-10
+EVAL_BATCH = 8192
+
+
+def choose_device(preference: str) -> torch.device:
+    """CUDA for the dense part when asked for or available (``auto``); the CPU otherwise."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class Counters:
+    samples: int = 0
+    steps: int = 0
+    loss_ema: float | None = None
+    syncs: int = 0
+    sync_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, batch_size: int, loss: float) -> int:
+        with self.lock:
+            self.samples += batch_size
+            self.steps += 1
+            self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+            return self.steps
+
+
+class ShardReader:
+    """Hands out this trainer's batches to worker threads; tracks the resumable cursor."""
+
+    def __init__(self, batches: Iterator[tuple[int, Batch]], start_cursor: int) -> None:
+        self._batches = batches
+        self._lock = threading.Lock()
+        self.dispatched = start_cursor
+        self.in_flight = 0
+
+    def next(self) -> Batch | None:
+        with self._lock:
+            item = next(self._batches, None)
+            if item is None:
+                return None
+            self.dispatched, batch = item
+            self.in_flight += 1
+            return batch
+
+    def done_one(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    @property
+    def cursor(self) -> int:
+        """Batches fully processed: a replacement resumes here (in-flight batches are re-read)."""
+        with self._lock:
+            return self.dispatched - self.in_flight
+
+
+class Trainer:
+    def __init__(self, spec: TrainingJobSpec, rank: int, coord: Coordination, source: DataSource,
+                 embedding_clients: list[Client], sync_client: Client | None, device: torch.device) -> None:
+        self.spec = spec
+        self.rank = rank
+        self.coord = coord
+        self.source = source
+        self.device = device
+        self.trainers = spec.replicas.trainer.replicas
+        torch.manual_seed(spec.data.seed)  # every trainer starts from the same replica
+        self.model = DenseDLRM(spec.model, device).to(device)
+        self.flat = flatten_parameters(self.model)
+        self.params = list(self.model.parameters())
+        self.adagrad = torch.zeros_like(self.flat)
+        self.embeddings = RemoteEmbeddings(embedding_clients, spec.model.rows(), spec.model.embedding_dim)
+        self.sync_client = sync_client
+        self.keys = feature_keys(spec.model.sparse_features)
+        self.counters = Counters()
+        self.stop = threading.Event()
+        self.sync_version = -1
+        self.errors: list[BaseException] = []
+
+    # --- dense synchronisation ---------------------------------------------------------------
+    def initialise_from_center(self) -> bool:
+        """A replacement trainer starts from the sync server's central copy (when it has one)."""
+        if self.sync_client is None:
+            return False
+        reply = self.sync_client.call("Pull", Message())
+        if reply.meta.get("seeded"):
+            with torch.no_grad():
+                self.flat.copy_(reply.tensors["center"].to(self.device))
+            return True
+        return False
+
+    def exchange(self) -> None:
+        """One ShadowSync exchange of the live replica with the sync server."""
+        assert self.sync_client is not None
+        sync = self.spec.training.sync
+        started = time.monotonic()
+        snapshot = self.flat.detach().clone()
+        reply = self.sync_client.call("Exchange", Message(
+            {"params": snapshot}, {"algorithm": sync.algorithm.value, "rank": self.rank, "alpha": sync.elastic_alpha}))
+        with torch.no_grad():
+            if sync.algorithm == "easgd":
+                algo.easgd_trainer(self.flat, reply.tensors["delta"])
+            elif sync.algorithm == "ma" or int(reply.meta["version"]) != self.sync_version:
+                algo.replace_keeping_progress(self.flat, snapshot, reply.tensors["target"])
+            self.sync_version = int(reply.meta.get("version", -1))
+        with self.counters.lock:
+            self.counters.syncs += 1
+            self.counters.sync_seconds += time.monotonic() - started
+
+    def _shadow_loop(self) -> None:
+        period = self.spec.training.sync.min_interval_seconds
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self.exchange()
+            except Exception as exc:  # noqa: BLE001 - sync server down: training goes on, retry later
+                log.warning("shadow sync failed: %s", exc)
+            self.stop.wait(max(0.0, period - (time.monotonic() - started)))
+
+    # --- training ----------------------------------------------------------------------------
+    def step(self, batch: Batch, pending: list) -> tuple[float, list]:
+        kjt = batch.to_kjt(self.keys)
+        fetched: Fetched = self.embeddings.fetch(kjt, self.device)
+        logits = self.model(batch.dense.to(self.device), self.embeddings.pooled(fetched))
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(self.device))
+        *dense_grads, row_grad = torch.autograd.grad(loss, [*self.params, fetched.rows])
+        grad = torch.cat([g.reshape(-1) for g in dense_grads])
+        lr = self.spec.training.dense_learning_rate
+        with torch.no_grad():  # Hogwild: no lock around the shared replica
+            self.adagrad.addcmul_(grad, grad)
+            self.flat.addcdiv_(grad, self.adagrad.sqrt().add_(ADAGRAD_EPS), value=-lr)
+        # Overlap: the previous batch's sparse updates finished while this one computed.
+        self.embeddings.wait(pending)
+        return float(loss), self.embeddings.push_gradients(fetched, row_grad)
+
+    def _worker(self, reader: ShardReader) -> None:
+        sync = self.spec.training.sync
+        pending: list = []
+        try:
+            while not self.stop.is_set() and (batch := reader.next()) is not None:
+                loss, pending = self.step(batch, pending)
+                steps = self.counters.add(len(batch), loss)
+                reader.done_one()
+                if sync.mode is SyncMode.FOREGROUND and self.sync_client is not None and steps % sync.every_steps == 0:
+                    self.exchange()
+            self.embeddings.wait(pending)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.stop.set()
+            raise
+
+    def _report(self, reader: ShardReader, started: float, done: bool = False) -> None:
+        elapsed = max(1e-9, time.monotonic() - started)
+        c = self.counters
+        self.coord.report_progress(Progress(
+            rank=self.rank, samples=c.samples, cursor=reader.cursor, loss=c.loss_ema,
+            samples_per_second=c.samples / elapsed, updated=time.time(), done=done))
+
+    def train(self, start_cursor: int = 0, resumed_samples: int = 0) -> dict:
+        spec = self.spec
+        batches = self.source.train_batches(self.rank, self.trainers, start_cursor, spec.data.batch_size,
+                                            spec.data.train_samples)
+        reader = ShardReader(batches, start_cursor)
+        self.counters.samples = resumed_samples
+        started = time.monotonic()
+        threads = [threading.Thread(target=self._worker, args=(reader,), name=f"hogwild-{i}", daemon=True)
+                   for i in range(spec.training.hogwild_threads)]
+        shadow = None
+        if spec.training.sync.mode is SyncMode.BACKGROUND and self.sync_client is not None:
+            shadow = threading.Thread(target=self._shadow_loop, name="shadow-sync", daemon=True)
+            shadow.start()
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=spec.training.progress_every_seconds)
+            self._report(reader, started)
+        self.stop.set()
+        if shadow is not None:
+            shadow.join()
+        if self.errors:
+            raise RuntimeError(f"worker thread failed: {self.errors[0]!r}") from self.errors[0]
+        wall = time.monotonic() - started
+        if self.sync_client is not None and spec.training.sync.mode is not SyncMode.NONE:
+            self.exchange()  # one last exchange so the final replica reflects the others
+        self._report(reader, started, done=True)
+        trained = self.counters.samples - resumed_samples
+        return {
+            "samples": self.counters.samples, "trained_samples": trained, "wall_seconds": wall,
+            "samples_per_second": trained / max(wall, 1e-9), "syncs": self.counters.syncs,
+            "sync_seconds": self.counters.sync_seconds, "steps": self.counters.steps,
+            "sync_gap_steps": self.counters.steps / max(1, self.counters.syncs), "cursor": reader.cursor,
+            "loss": self.counters.loss_ema,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, samples: int) -> dict:
+        """Held-out AUC, log loss and normalized entropy of this trainer's replica."""
+        acc = StreamingEval()
+        for batch in self.source.eval_batches(samples, EVAL_BATCH):
+            fetched = self.embeddings.fetch(batch.to_kjt(self.keys), self.device)
+            logits = self.model(batch.dense.to(self.device), self.embeddings.pooled(fetched))
+            acc.add(batch.labels.numpy(), torch.sigmoid(logits).float().cpu().numpy())
+        return acc.result().to_dict()
