@@ -54,7 +54,7 @@ def run(
         f"{job.name}: [bold]{result['status']}[/] in {result['wall_seconds']:.1f}s, {result['samples']:,} samples, "
         f"AUC {auc if auc is None else f'{auc:.4f}'}"
         + (f" (teacher {teacher:.4f})" if teacher is not None else "")
-        + f", {len(result['failures'])} failures; summary: {path}", highlight=False)
+        + f", {len(result['failures'])} failures; summary: {path}", highlight=False, soft_wrap=True)
     if result["status"] == "Interrupted":
         raise typer.Exit(130)
     raise typer.Exit(0 if result["status"] == "Succeeded" else 1)
@@ -84,3 +84,5 @@ def crd(
 
 def main() -> None:
     app()
+if __name__ == "__main__":
+    main()

@@ -296,11 +296,11 @@ def reconcile(
             )
             actions.append(RecordFailure(failure, generation, mode))
         for rid in sorted(to_replace):
-            restarts[rid.name] = restarts.get(rid.name, 0) + 1
-            obs = observed.get(rid)
             if rid.name in replacing:
-                continue
+                continue  # already being replaced (full mode, second failure): one restart, not two
+            restarts[rid.name] = restarts.get(rid.name, 0) + 1
             replacing.add(rid.name)
+            obs = observed.get(rid)
             if obs is not None and not obs.deleting:
                 actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
         last = failures[-1]
@@ -308,6 +308,15 @@ def reconcile(
         conditions = set_condition(conditions, "Recovering", True, last.reason,
                                    f"replacing {names if mode == 'partial' else 'all replicas'} "
                                    f"({mode} recovery, generation {generation})", now)
+
+    # A replica being replaced that is still there and not going away lost its delete (a failed
+    # request, or a shell restarted between deleting and persisting memory): ask again. Shells
+    # report pods they asked to delete as deleting, so nothing repeats while a delete is in flight.
+    asked = {a.id for a in actions if isinstance(a, DeleteReplica)}
+    for rid in desired:
+        obs = observed.get(rid)
+        if rid.name in replacing and rid not in asked and obs is not None and not obs.deleting:
+            actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
 
     created_at = dict(mem.created_at)
     for rid in desired:

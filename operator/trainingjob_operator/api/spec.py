@@ -209,17 +209,17 @@ class RoleSpec(ApiModel):
         return resources
 
 
-def _trainer_default() -> RoleSpec:
-    return RoleSpec(replicas=2)
+class TrainerRoleSpec(RoleSpec):
+    replicas: int = Field(default=2, ge=1, le=1024, description="Trainers (data-parallel dense replicas).")
 
 
-def _embedding_default() -> RoleSpec:
-    return RoleSpec(replicas=2)
+class EmbeddingServerRoleSpec(RoleSpec):
+    replicas: int = Field(default=2, ge=1, le=1024, description="Embedding servers (hash shards of every table).")
 
 
 class ReplicasSpec(ApiModel):
-    trainer: RoleSpec = Field(default_factory=_trainer_default)
-    embedding_server: RoleSpec = Field(default_factory=_embedding_default)
+    trainer: TrainerRoleSpec = Field(default_factory=TrainerRoleSpec)
+    embedding_server: EmbeddingServerRoleSpec = Field(default_factory=EmbeddingServerRoleSpec)
     sync_server: RoleSpec = Field(default_factory=RoleSpec)
 
     @field_validator("sync_server")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ import structlog
 _QUIET = {"aiohttp.access": logging.WARNING, "kopf._core.engines.peering": logging.WARNING}
 
 
-def _lift_k8s_ref(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _lift_k8s_ref(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     record = event_dict.get("_record")
     ref = getattr(record, "k8s_ref", None)
     if isinstance(ref, dict):

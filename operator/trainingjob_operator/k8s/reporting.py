@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainingjob_operator.api.loading import ManifestError
-from trainingjob_operator.api.spec import Role
 from trainingjob_operator.api.status import (
     Condition,
     FailureRecord,
@@ -160,14 +159,12 @@ def summarize_progress(
     )
 
 
-def is_server(rid: ReplicaId) -> bool:
-    return rid.role is not Role.TRAINER
-
-
 # --- merge patches -----------------------------------------------------------------------------
 
 
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any], *, owned: frozenset[str] | None = None) -> dict[str, Any]:
+def merge_patch(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, owned: frozenset[str] | None = None
+) -> dict[str, Any]:
     """The RFC 7386 merge patch that turns ``old`` into ``new``; empty when they are equal.
 
     Keys of ``old`` missing from ``new`` are removed (``None``) only when ``owned`` is None or

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class LocalSupervisor:
         self.redis_url: str | None = None
         self._last_rss = 0.0
         self.interrupted = False
+        self._stop_requested = False
 
     # --- observing -------------------------------------------------------------------------
     def observe(self) -> dict[ReplicaId, ObservedReplica]:
@@ -220,7 +222,9 @@ class LocalSupervisor:
         self.workdir.mkdir(parents=True, exist_ok=True)
         url = self.options.redis_url or self.spec.redis.url
         embedded = None if url else EmbeddedRedis(self.workdir / "redis")
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        in_main = threading.current_thread() is threading.main_thread()
+        # SIGTERM stops the run like Ctrl-C does (signals can only be handled on the main thread).
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
         try:
             self.redis_url = url or embedded.start()  # type: ignore[union-attr]
             self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name)
@@ -228,6 +232,8 @@ class LocalSupervisor:
             self.started = time.time()
             last_tick_report = 0.0
             while not (self.memory.phase.finished and not self._alive()):
+                if self._stop_requested:
+                    raise KeyboardInterrupt
                 self.tick()
                 if self.on_tick is not None and time.monotonic() - last_tick_report >= 0.5:
                     self.on_tick(self.snapshot())
@@ -242,9 +248,14 @@ class LocalSupervisor:
             return self.summary()
         finally:
             self.stop_all()
-            signal.signal(signal.SIGTERM, previous)
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
             if embedded is not None:
                 embedded.stop()
+
+    def request_stop(self) -> None:
+        """Stop the run from another thread, as Ctrl-C would."""
+        self._stop_requested = True
 
     def _alive(self) -> bool:
         return any(p.poll() is None for p in self.processes.values())

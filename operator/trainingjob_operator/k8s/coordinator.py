@@ -1,0 +1,477 @@
+"""One TrainingJob's coordinator on Kubernetes: the imperative shell around ``reconcile()``.
+
+A ``JobCoordinator`` runs as the job's kopf daemon. Every step it
+
+1. observes the job's pods from kopf's in-memory pod index (no LIST), with the heartbeats last
+   read from Redis (``observe.py``);
+2. asks the pure core what to do (``reconcile.reconcile``);
+3. applies the actions in an order that keeps the latency of a replacement low and the Redis
+   state consistent: deletes first, then failure records (generation bump before any
+   replacement exists), then creates;
+4. writes the status once, as a merge patch against what it wrote last, with the core's memory
+   in ``status.coordinator``, then emits Events for phase transitions.
+
+Steps run one at a time per job (no locks needed). A pod event wakes the loop at once
+(``poke``); otherwise it wakes every ``tick_s`` to refresh heartbeats and progress from Redis.
+Redis is read and written in a thread pool with short timeouts, and never sits between a failed
+pod and the delete of that pod: a Redis outage delays status and tuning, not recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import kopf
+import redis
+import structlog
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from trainingjob_operator import tuning
+from trainingjob_operator.api.loading import ManifestError
+from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob, TrainingJobSpec
+from trainingjob_operator.api.status import Phase, ProgressStatus
+from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.k8s import resources
+from trainingjob_operator.k8s.config import OperatorConfig
+from trainingjob_operator.k8s.kube import Kube, KubeError, NotFound
+from trainingjob_operator.k8s.metrics import Metrics
+from trainingjob_operator.k8s.observe import HeartbeatSnapshot, mark_deleting, with_heartbeats
+from trainingjob_operator.k8s.reporting import (
+    OWNED_KEYS,
+    RecoveryFacts,
+    memory_from_status,
+    merge_patch,
+    phase_event,
+    render_status,
+    summarize_progress,
+)
+from trainingjob_operator.reconcile import (
+    CreateReplica,
+    Decision,
+    DeleteReplica,
+    JobMemory,
+    ObservedReplica,
+    RecordFailure,
+    ReplicaId,
+    ReplicaPhase,
+    iso,
+    reconcile,
+)
+
+JobKey = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
+
+HUNG_REASONS = frozenset({"HeartbeatTimeout", "NoHeartbeat"})  # alive but silent: no grace period
+PROGRESS_EVERY_S = 5.0  # progress, PLS and checkpoint pointers change slowly
+
+
+# --- shared by every job of one operator ----------------------------------------------------------
+
+
+def _redis_client(url: str, timeout_s: float) -> redis.Redis:
+    """A client that fails fast: the operator retries on its next tick instead of blocking."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=10,
+    )
+
+
+@dataclass
+class OperatorContext:
+    """What every handler of one operator shares; lives in kopf's memo as ``memo.tj``."""
+
+    config: OperatorConfig
+    kube: Kube
+    metrics: Metrics
+    jobs: dict[JobKey, JobCoordinator] = field(default_factory=dict)
+    executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="tj-redis"))
+    _clients: dict[str, redis.Redis] = field(default_factory=dict)
+    stop_metrics: Callable[[], None] | None = None
+
+    def coordination(self, url: str, namespace: str, job: str) -> Coordination:
+        if url not in self._clients:
+            self._clients[url] = _redis_client(url, self.config.redis_timeout_s)
+        return Coordination(url, namespace, job, client=self._clients[url])
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def close(self) -> None:
+        if self.stop_metrics is not None:
+            self.stop_metrics()
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- what the operator reads from Redis (in a worker thread) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisView:
+    progress: ProgressStatus
+    pls: float | None
+    last_checkpoint: str | None
+
+
+def read_heartbeats(coord: Coordination, spec: TrainingJobSpec, now: float) -> HeartbeatSnapshot:
+    members = {}
+    for role in ROLES:
+        for rank, member in coord.members(role.value, spec.replicas.count(role)).items():
+            members[ReplicaId(role, rank)] = (member.instance, member.heartbeat)
+    return HeartbeatSnapshot(read_at=now, members=members)
+
+
+def _checkpoint_time(pointer: Mapping[str, Any] | None) -> float | None:
+    value = (pointer or {}).get("time")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def read_progress(coord: Coordination, spec: TrainingJobSpec) -> RedisView:
+    trainers = spec.replicas.count(Role.TRAINER)
+    progress = coord.all_progress(trainers)
+    results = {rank: r for rank in range(trainers) if (r := coord.result(rank)) is not None}
+    summary = summarize_progress(progress, results, spec.data.train_samples)
+    lost = coord.lost_samples()
+    shards = [_checkpoint_time(coord.checkpoint_pointer(s)) for s in range(spec.replicas.count(Role.EMBEDDING_SERVER))]
+    # The job as a whole is restorable to the oldest of its shards' latest checkpoints.
+    last = iso(min(t for t in shards if t is not None)) if shards and all(t is not None for t in shards) else None
+    pls = lost / summary.samples if summary.samples else None
+    return RedisView(summary, round(pls, 6) if pls is not None else None, last)
+
+
+def plan_interval(
+    coord: Coordination, spec: TrainingJobSpec, started: float, now: float, view: RedisView | None
+) -> tuning.IntervalDecision:
+    """THE call site of the tuning module: measured costs and the failure log in, interval out.
+
+    The decision's interval is written to Redis (embedding servers read it) when it changed.
+    """
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    failures = [
+        tuning.FailureObservation(role=str(f["role"]), rank=int(f["rank"]), time_s=max(0.0, float(f["time"]) - started))
+        for f in coord.failures() if {"role", "rank", "time"} <= f.keys()
+    ]
+    measurements = tuning.Measurements(
+        o_save_s=mean(coord.costs("o_save")), o_load_s=mean(coord.costs("o_load")),
+        o_res_s=mean(coord.costs("o_res")),
+        samples_per_second=view.progress.samples_per_second if view is not None else None,
+    )
+    inputs = tuning.TuningInputs.from_spec(
+        spec, measurements=measurements, failures=failures, observed_seconds=max(0.0, now - started),
+        measured_pls=view.pls if view is not None else None,
+    )
+    decision = tuning.plan(inputs)
+    if coord.interval() != decision.interval_s:
+        coord.set_interval(decision.interval_s)
+    return decision
+
+
+# --- one job --------------------------------------------------------------------------------------
+
+
+class JobCoordinator:
+    """The coordinator loop of one TrainingJob (see the module docstring)."""
+
+    def __init__(self, ctx: OperatorContext, body: Mapping[str, Any], pods: Mapping[JobKey, Any],
+                 clock: Callable[[], float] = time.time) -> None:
+        meta = body["metadata"]
+        self.ctx = ctx
+        self.body = body  # kopf's live body: always the latest version of the object
+        self.pods = pods  # kopf's pod index: (namespace, job) -> ObservedReplica values
+        self.key: JobKey = (meta["namespace"], meta["name"])
+        self.clock = clock
+        self.owner = resources.Owner.of(body)
+        self.log = structlog.get_logger("trainingjob.coordinator").bind(namespace=self.key[0], job=self.key[1])
+        self.exited = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.memory = JobMemory()
+        self.done = False
+        self.written: dict[str, Any] = {}  # the status as last written
+        self.requested_deletes: dict[ReplicaId, str] = {}  # replica -> UID we asked to delete
+        self.failed_at: dict[int, float] = {}  # recovery generation -> when its failure was detected
+        self.awaiting_ready: dict[ReplicaId, float] = {}  # replaced replica -> failure time (o_res)
+        self.heartbeats: HeartbeatSnapshot | None = None
+        self.view: RedisView | None = None
+        self.plan: tuning.IntervalDecision | None = None
+        self.next_refresh_at = 0.0
+        self.next_progress_at = 0.0
+        self.next_tune_at = 0.0
+        self.job: TrainingJob
+        self.redis_url: str
+        self.coord: Coordination
+        self._spec_raw: Any = None
+
+    def poke(self) -> None:
+        """Something about the job changed (a pod event, deletion): step now."""
+        self._wake.set()
+
+    # --- the loop ---------------------------------------------------------------------------------
+    async def run(self, stopped: Any) -> None:
+        """Until the job is finished and quiet, deleted, or the daemon is stopped."""
+        try:
+            if not await self.start():
+                return
+            while not stopped and not self._deleting():
+                try:
+                    await self.step()
+                except (KubeError, redis.RedisError, OSError) as e:
+                    self.log.error("reconcile step failed; retrying", error=str(e))
+                if self.done:
+                    self.log.info("job finished; coordinator exits", phase=self.memory.phase.value)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.ctx.config.tick_s):
+                        await self._wake.wait()
+                self._wake.clear()
+        finally:
+            self.exited.set()
+
+    def _deleting(self) -> bool:
+        return bool(self.body["metadata"].get("deletionTimestamp"))
+
+    async def start(self) -> bool:
+        """Parse the job, restore memory, make sure the Service and ConfigMap exist."""
+        try:
+            self.job, self.redis_url = resources.admit(self.body, self.ctx.config.default_redis_url)
+        except ManifestError:
+            return False  # the validation handler reports it; nothing to coordinate
+        self._spec_raw = self.body.get("spec")
+        self.coord = self.ctx.coordination(self.redis_url, *self.key)
+        status = self.body.get("status") or {}
+        self.written = {k: v for k, v in status.items() if k in OWNED_KEYS}
+        restored = memory_from_status(status)
+        if restored is not None:
+            self.memory = restored
+            self.log.info("resumed", phase=restored.phase.value, generation=restored.generation)
+        elif not self.pods.get(self.key):
+            # A brand-new job: drop what an earlier job of the same name left in Redis.
+            await self._redis(lambda c: c.clear())
+        await self._ensure_children()
+        return True
+
+    async def _ensure_children(self) -> None:
+        ns = self.job.namespace
+        config_map = resources.render_config_map(self.job, owner=self.owner)
+        if not await self.ctx.kube.create_config_map(ns, config_map):
+            await self.ctx.kube.patch_config_map(ns, config_map["metadata"]["name"], config_map["data"])
+        await self.ctx.kube.create_service(ns, resources.render_service(self.job, owner=self.owner))
+
+    # --- one step ---------------------------------------------------------------------------------
+    async def step(self) -> None:
+        started = time.perf_counter()
+        now = self.clock()
+        await self._follow_spec()
+        if now >= self.next_refresh_at:
+            await self._refresh(now)
+        observed = self._observe(now)
+        decision = reconcile(self.job.spec, observed, self.memory, now, self.effective_mode())
+        self.memory = await self._apply(decision, observed)
+        self._track_replacements(observed)
+        if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
+            await self._tune(now)
+        await self._report(dataclasses.replace(decision, memory=self.memory))
+        self.done = self.memory.phase.finished and not decision.actions and not any(
+            o.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not o.deleting for o in observed.values())
+        self.ctx.metrics.reconcile.observe(time.perf_counter() - started)
+
+    def effective_mode(self) -> str:
+        """partial or full; ``auto`` follows the tuning module's benefit test (partial until it ran)."""
+        mode = self.job.spec.recovery.mode
+        if mode is RecoveryMode.AUTO:
+            return self.plan.mode_chosen if self.plan is not None else RecoveryMode.PARTIAL.value
+        return mode.value
+
+    async def _follow_spec(self) -> None:
+        raw = self.body.get("spec")
+        if raw == self._spec_raw:
+            return
+        self._spec_raw = raw
+        try:
+            job, url = resources.admit(self.body, self.ctx.config.default_redis_url)
+        except ManifestError as e:
+            self.log.warning("spec update rejected; keeping the previous spec", error=str(e))
+            return
+        self.job, self.redis_url = job, url
+        await self.ctx.kube.patch_config_map(job.namespace, resources.config_map_name(job.name),
+                                             {resources.SPEC_KEY: job.spec_json()})
+        self.next_tune_at = 0.0
+
+    def _observe(self, now: float) -> dict[ReplicaId, ObservedReplica]:
+        observed = {obs.id: obs for obs in self.pods.get(self.key, ()) if isinstance(obs, ObservedReplica)}
+        self.requested_deletes = {
+            rid: uid for rid, uid in self.requested_deletes.items()
+            if (obs := observed.get(rid)) is not None and obs.instance == uid
+        }
+        return with_heartbeats(mark_deleting(observed, self.requested_deletes), self.heartbeats, now)
+
+    # --- applying actions -------------------------------------------------------------------------
+    async def _apply(self, decision: Decision, observed: Mapping[ReplicaId, ObservedReplica]) -> JobMemory:
+        memory = decision.memory
+        records = [a for a in decision.actions if isinstance(a, RecordFailure)]
+        hung = {r.failure.id for r in records if r.failure.reason in HUNG_REASONS}
+        for action in decision.actions:
+            if isinstance(action, DeleteReplica):
+                await self._delete(action, observed.get(action.id), hung)
+        for record in records:
+            await self._record_failure(record)
+        for action in decision.actions:
+            if isinstance(action, CreateReplica):
+                memory = await self._create(action, memory)
+        return memory
+
+    async def _delete(self, action: DeleteReplica, obs: ObservedReplica | None, hung: set[ReplicaId]) -> None:
+        name = resources.pod_name(self.job.name, action.id)
+        finished = obs is not None and obs.phase in (ReplicaPhase.FAILED, ReplicaPhase.SUCCEEDED)
+        grace = 0 if finished or action.id in hung else None  # nothing to shut down gracefully
+        uid = obs.instance if obs is not None else None
+        try:
+            await self.ctx.kube.delete_pod(self.job.namespace, name, uid=uid, grace_period_s=grace)
+        except KubeError as e:
+            self.log.error("pod delete failed", pod=name, error=str(e))
+            return  # the core asks again while the pod is still there
+        if uid:
+            self.requested_deletes[action.id] = uid
+        self.log.info("pod deleted", pod=name, reason=action.reason, recreate=action.recreate)
+
+    async def _create(self, action: CreateReplica, memory: JobMemory) -> JobMemory:
+        name = resources.pod_name(self.job.name, action.id)
+        manifest = resources.render_pod(self.job, action.id, owner=self.owner, redis_url=self.redis_url,
+                                        generation=action.generation)
+        try:
+            created = await self.ctx.kube.create_pod(self.job.namespace, manifest)
+        except KubeError as e:
+            self.log.error("pod create failed; retrying", pod=name, error=str(e))
+            return _forget_create(memory, action)
+        if action.reason == "Replacement":
+            failed_at = self.failed_at.get(action.generation)
+            if failed_at is not None:
+                self.ctx.metrics.failure_to_replacement.observe(max(0.0, self.clock() - failed_at))
+                self.awaiting_ready[action.id] = failed_at
+            self.ctx.metrics.restarts.labels(action.id.role.value).inc()
+        self.log.info("pod created" if created else "pod exists", pod=name, reason=action.reason,
+                      generation=action.generation)
+        return memory
+
+    async def _record_failure(self, record: RecordFailure) -> None:
+        f = record.failure
+        pod = resources.pod_name(self.job.name, f.id)
+        self.failed_at.setdefault(record.generation, f.time)
+        fields = {"role": f.id.role.value, "rank": f.id.rank, "pod": pod, "instance": f.instance,
+                  "reason": f.reason, "exit_code": f.exit_code, "time": f.time,
+                  "generation": record.generation, "mode": record.mode}
+
+        def write(c: Coordination) -> None:
+            c.set_generation(record.generation)
+            c.log_failure(**fields)
+
+        await self._redis(write)
+        code = f" (exit code {f.exit_code})" if f.exit_code is not None else ""
+        kopf.event(self.body, type="Warning", reason="ReplicaFailed",  # type: ignore[arg-type]
+                   message=f"pod {pod} failed: {f.reason}{code}; {record.mode} recovery, "
+                           f"generation {record.generation}")
+        self.ctx.metrics.failures.labels(f.id.role.value, f.reason).inc()
+        self.log.warning("replica failed", pod=pod, reason=f.reason, exit_code=f.exit_code,
+                         mode=record.mode, generation=record.generation)
+
+    def _track_replacements(self, observed: Mapping[ReplicaId, ObservedReplica]) -> None:
+        """A replacement that runs ends its recovery: record o_res (failure -> running)."""
+        for rid, failed_at in list(self.awaiting_ready.items()):
+            obs = observed.get(rid)
+            if obs is not None and obs.phase is ReplicaPhase.RUNNING and not obs.deleting:
+                del self.awaiting_ready[rid]
+                seconds = max(0.0, self.clock() - failed_at)
+                self.ctx.executor.submit(_quietly, self.coord.record_cost, "o_res", seconds)
+
+    # --- Redis ------------------------------------------------------------------------------------
+    async def _redis(self, fn: Callable[[Coordination], T]) -> T | None:
+        try:
+            return await self.ctx.in_thread(fn, self.coord)
+        except (redis.RedisError, OSError) as e:
+            self.log.warning("redis unavailable", error=str(e))
+            return None
+
+    async def _refresh(self, now: float) -> None:
+        self.next_refresh_at = now + self.ctx.config.tick_s * 0.9
+        spec = self.job.spec
+        self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))
+        if now >= self.next_progress_at:
+            self.next_progress_at = now + PROGRESS_EVERY_S
+            self.view = await self._redis(lambda c: read_progress(c, spec)) or self.view
+
+    async def _tune(self, now: float) -> None:
+        self.next_tune_at = now + self.ctx.config.tune_every_s
+        spec, started, view = self.job.spec, self.memory.start_time or now, self.view
+        try:
+            plan = await self._redis(lambda c: plan_interval(c, spec, started, now, view))
+        except ValueError as e:  # inputs the tuning module rejects: keep the last plan
+            self.log.warning("interval tuning failed", error=str(e))
+            return
+        if plan is not None:
+            previous = self.plan
+            if previous is None or (plan.interval_s, plan.mode_chosen) != (previous.interval_s, previous.mode_chosen):
+                self.log.info("interval planned", interval_s=round(plan.interval_s, 3), mode=plan.mode_chosen,
+                              reason=plan.reason)
+            self.plan = plan
+
+    # --- status -----------------------------------------------------------------------------------
+    async def _report(self, decision: Decision) -> None:
+        view = self.view
+        spec_mode = self.job.spec.recovery.mode
+        facts = RecoveryFacts(
+            mode=self.plan.mode_chosen if spec_mode is RecoveryMode.AUTO and self.plan else spec_mode.value,
+            interval_s=round(self.plan.interval_s, 3) if self.plan is not None else None,
+            pls=view.pls if view is not None else None,
+            last_checkpoint=view.last_checkpoint if view is not None else None,
+        )
+        target = self.job.spec.data.train_samples
+        progress = view.progress if view is not None else ProgressStatus(target_samples=target)
+        status = render_status(decision, progress=progress, recovery=facts,
+                               observed_generation=self.body["metadata"].get("generation"))
+        patch = merge_patch(self.written, status, owned=OWNED_KEYS)
+        if not patch:
+            return
+        before = _phase(self.written.get("phase"))
+        try:
+            await self.ctx.kube.patch_job_status(*self.key, patch)
+        except NotFound:
+            return  # deleted meanwhile
+        self.written = status
+        self.ctx.metrics.set_phase(self.key, decision.phase)
+        event = phase_event(before, decision.phase, decision)
+        if event is not None:
+            kind, reason, message = event
+            kopf.event(self.body, type=kind, reason=reason, message=message)  # type: ignore[arg-type]
+
+
+def _phase(value: Any) -> Phase | None:
+    try:
+        return Phase(value)
+    except ValueError:
+        return None
+
+
+def _forget_create(memory: JobMemory, action: CreateReplica) -> JobMemory:
+    """The create request failed: make the core create the replica again on the next step."""
+    name = action.id.name
+    replacing = memory.replacing | {name} if action.reason == "Replacement" else memory.replacing
+    return dataclasses.replace(
+        memory, created_at={k: v for k, v in memory.created_at.items() if k != name}, replacing=replacing)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(redis.RedisError, OSError):
+        fn(*args)

@@ -1,0 +1,189 @@
+"""The real kopf operator, in-process, against an in-memory Kubernetes API server and a real Redis.
+
+What is real: kopf (watching, indexing, daemons, finalizers, event posting), every line of the
+operator, HTTP between them, and a redis-server process (the session's ``redis_url``).
+What is emulated: the API server (``trainingjob_operator.k8s.emulator.ApiServerEmulator``: it
+stores objects, adds UIDs, and a toy kubelet turns new pods Running) — no garbage collection, no
+strategic merge, no conflicts, no schema validation. Pods run nothing: tests decide their fate by
+patching pod status as a kubelet would (``api.finish_pod``, ``api.evict_pod``).
+
+Waits poll with a deadline (``eventually``); nothing sleeps a fixed time to "let things settle"
+except where a test asserts that something does NOT happen (``quietly``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import kmock
+import kopf
+import pytest
+
+from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.k8s.config import OperatorConfig
+from trainingjob_operator.k8s.coordinator import OperatorContext
+from trainingjob_operator.k8s.emulator import ApiServerEmulator
+from trainingjob_operator.k8s.main import serve
+
+T = TypeVar("T")
+NAMESPACE = "ml"
+JOBS_URL = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
+TJ = kmock.resource(GROUP, VERSION, PLURAL)
+TICK_S = 0.25
+
+
+async def eventually(check: Callable[[], T | None | Awaitable[T | None]], timeout: float = 10.0,
+                     what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+                result = await result
+            last = result
+            if result:
+                return result
+        except (KeyError, IndexError, AssertionError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(0.02)
+
+
+async def quietly(seconds: float) -> None:
+    """Let the operator run for a while when asserting that nothing happens."""
+    await asyncio.sleep(seconds)
+
+
+def manifest(name: str, *, trainers: int = 2, embedding_servers: int = 2, **spec: Any) -> dict[str, Any]:
+    """A TrainingJob manifest; ``spec`` keys are merged into the spec (camelCase, nested dicts)."""
+    body: dict[str, Any] = {
+        "replicas": {"trainer": {"replicas": trainers}, "embeddingServer": {"replicas": embedding_servers}},
+        "recovery": {"restartBudget": {"maxRestarts": 5, "windowSeconds": 600}},
+    }
+    _merge(body, spec)
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": body}
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+@dataclass
+class Cluster:
+    """The emulated API server plus helpers that read it the way a test wants."""
+
+    api: ApiServerEmulator
+    redis_url: str
+
+    async def create_job(self, body: dict[str, Any]) -> None:
+        async with self.api.post(JOBS_URL, json=body) as response:
+            assert response.status < 300, await response.text()
+
+    async def delete_job(self, name: str) -> None:
+        async with self.api.delete(f"{JOBS_URL}/{name}") as response:
+            assert response.status < 300, await response.text()
+
+    def job(self, name: str) -> dict[str, Any]:
+        return dict(self.api.objects[TJ, NAMESPACE, name].raw)
+
+    def job_exists(self, name: str) -> bool:
+        key = (TJ, NAMESPACE, name)
+        return key in self.api.objects and not self.api.objects[key].deleted
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.job(name).get("status") or {})
+
+    def phase(self, name: str) -> str | None:
+        return self.status(name).get("phase")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+    def pods(self, job: str) -> dict[str, dict[str, Any]]:
+        return {p["metadata"]["name"]: p for p in self.api.live("pods", NAMESPACE)
+                if p["metadata"].get("labels", {}).get(f"{GROUP}/job") == job}
+
+    def uids(self, job: str) -> dict[str, str]:
+        return {name: p["metadata"]["uid"] for name, p in self.pods(job).items()}
+
+    def running(self, job: str, count: int) -> dict[str, str] | None:
+        """The pods' UIDs once exactly ``count`` pods are Running, else None."""
+        pods = self.pods(job)
+        if len(pods) == count and all(p.get("status", {}).get("phase") == "Running" for p in pods.values()):
+            return {name: p["metadata"]["uid"] for name, p in pods.items()}
+        return None
+
+    def events(self, job: str) -> list[dict[str, Any]]:
+        return [e for e in self.api.live("events") if e.get("involvedObject", {}).get("name") == job]
+
+    def requests(self, method: str, plural: str, since: float = 0.0) -> list[Any]:
+        return [e for e in self.api.journal if e.method == method and e.plural == plural and e.at >= since
+                and e.user_agent.startswith("kopf")]
+
+    def coordination(self, job: str) -> Coordination:
+        return Coordination(self.redis_url, NAMESPACE, job)
+
+
+@dataclass
+class Operator:
+    """The operator as a task in the test's event loop; ``restart()`` simulates a new process."""
+
+    config: OperatorConfig
+    memo: kopf.Memo = field(default_factory=kopf.Memo)
+    task: asyncio.Task[None] | None = None
+    stop_flag: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def context(self) -> OperatorContext:
+        ctx: OperatorContext = self.memo["tj"]
+        return ctx
+
+    async def start(self) -> None:
+        self.memo, self.stop_flag = kopf.Memo(), asyncio.Event()
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(serve(self.config, stop_flag=self.stop_flag, ready_flag=ready,
+                                              memo=self.memo))
+        await asyncio.wait_for(ready.wait(), timeout=10)
+        await eventually(lambda: "tj" in self.memo, what="operator startup")
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        self.stop_flag.set()
+        await asyncio.wait_for(self.task, timeout=20)
+        self.task = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+@pytest.fixture
+async def cluster(redis_url: str) -> AsyncIterator[Cluster]:
+    async with ApiServerEmulator() as api, kmock.Server(api):
+        yield Cluster(api=api, redis_url=redis_url)
+        await api.stop_kubelet()
+
+
+@pytest.fixture
+async def operator(cluster: Cluster, redis_url: str) -> AsyncIterator[Operator]:
+    connection = kopf.ConnectionInfo(server=str(cluster.api.url).rstrip("/"), insecure=True)
+    config = OperatorConfig(standalone=True, metrics_port=None, default_redis_url=redis_url, tick_s=TICK_S,
+                            tune_every_s=1.0, connection=connection, log_json=False)
+    op = Operator(config=config)
+    await op.start()
+    yield op
+    await op.stop()

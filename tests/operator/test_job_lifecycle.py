@@ -1,0 +1,97 @@
+"""A TrainingJob's life on the emulated cluster: children, success, deletion."""
+
+from __future__ import annotations
+
+import json
+
+from tests.operator.conftest import NAMESPACE, Cluster, Operator, eventually, manifest, quietly
+from trainingjob_operator.api.spec import API_VERSION, KIND, spec_from_json
+
+
+async def test_job_gets_one_pod_per_replica_a_headless_service_and_its_spec(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("alpha", trainers=3, embedding_servers=2))
+
+    uids = await eventually(lambda: cluster.running("alpha", 3 + 2 + 1), what="6 running pods")
+    assert sorted(uids) == ["alpha-embedding-server-0", "alpha-embedding-server-1", "alpha-sync-server-0",
+                            "alpha-trainer-0", "alpha-trainer-1", "alpha-trainer-2"]
+    job_uid = cluster.job("alpha")["metadata"]["uid"]
+    pod = cluster.pods("alpha")["alpha-trainer-2"]
+    assert pod["metadata"]["labels"].items() >= {"training.cpr.dev/job": "alpha", "training.cpr.dev/role": "trainer",
+                                         "training.cpr.dev/rank": "2", "app.kubernetes.io/instance": "alpha"}.items()
+    assert pod["metadata"]["ownerReferences"] == [{"apiVersion": API_VERSION, "kind": KIND, "name": "alpha",
+                                                   "uid": job_uid, "controller": True, "blockOwnerDeletion": True}]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["TJ_ROLE"]["value"] == "trainer" and env["TJ_RANK"]["value"] == "2"
+    assert env["TJ_REDIS_URL"]["value"] == cluster.redis_url
+    assert env["TJ_SPEC"]["valueFrom"] == {"configMapKeyRef": {"name": "alpha-spec", "key": "spec.json"}}
+    assert env["TJ_INSTANCE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+
+    service = next(s for s in cluster.api.live("services", NAMESPACE) if s["metadata"]["name"] == "alpha")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == job_uid
+    config_map = next(c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "alpha-spec")
+    assert spec_from_json(config_map["data"]["spec.json"]).replicas.trainer.replicas == 3
+
+    await eventually(lambda: cluster.phase("alpha") == "Running", what="phase Running")
+    status = cluster.status("alpha")
+    assert status["replicas"]["trainer"] == {"desired": 3, "ready": 3, "restarts": 0}
+    assert status["coordinator"]["generation"] == 0
+    assert any(e["reason"] == "Running" for e in cluster.events("alpha"))
+
+
+async def test_pods_are_watched_through_an_index_not_listed_per_reconcile(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("beta"))
+    await eventually(lambda: cluster.phase("beta") == "Running", what="phase Running")
+    await quietly(6 * 0.25)  # several ticks
+    lists = [e for e in cluster.requests("GET", "pods") if e.name is None]
+    assert len(lists) == 1  # kopf's initial listing; everything else comes from the watch
+
+
+async def test_when_all_trainers_succeed_servers_are_stopped_and_the_job_succeeds(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("gamma"))
+    await eventually(lambda: cluster.running("gamma", 5), what="5 running pods")
+
+    for rank in (0, 1):
+        await cluster.api.finish_pod(NAMESPACE, f"gamma-trainer-{rank}", 0)
+
+    await eventually(lambda: cluster.phase("gamma") == "Succeeded", what="phase Succeeded")
+    await eventually(lambda: sorted(cluster.pods("gamma")) == ["gamma-trainer-0", "gamma-trainer-1"],
+                     what="servers deleted, finished trainers kept")
+    status = cluster.status("gamma")
+    assert next(c for c in status["conditions"] if c["type"] == "Succeeded")["status"] == "True"
+    assert "completionTime" in status
+    assert any(e["reason"] == "Succeeded" for e in cluster.events("gamma"))
+    # Finished: the coordinator stops; nothing restarts the completed trainers.
+    await eventually(lambda: ("ml", "gamma") not in operator.context.jobs, what="coordinator exit")
+
+
+async def test_deleting_a_job_deletes_its_pods_service_and_configmap(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("delta"))
+    await eventually(lambda: cluster.running("delta", 5), what="5 running pods")
+    coord = cluster.coordination("delta")
+    await eventually(lambda: coord.interval() is not None, what="interval in Redis")
+
+    await cluster.delete_job("delta")
+
+    await eventually(lambda: not cluster.job_exists("delta"), what="job gone (finalizer released)")
+    assert cluster.pods("delta") == {}
+    assert [s for s in cluster.api.live("services", NAMESPACE) if s["metadata"]["name"] == "delta"] == []
+    assert [c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "delta-spec"] == []
+    assert coord.interval() is None  # Redis keys cleared too
+
+
+async def test_status_memory_is_plain_json(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create_job(manifest("eps"))
+    await eventually(lambda: cluster.phase("eps") == "Running", what="phase Running")
+    memory = cluster.status("eps")["coordinator"]
+    assert json.loads(json.dumps(memory)) == memory
+    assert sorted(memory["createdAt"]) == ["embedding-server-0", "embedding-server-1", "sync-server-0",
+                                           "trainer-0", "trainer-1"]
