@@ -68,6 +68,24 @@ def validate(manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")])
 
 
 @app.command()
+def plan(
+    manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")],
+    o_save: Annotated[float | None, typer.Option(help="Measured checkpoint stall per save, seconds")] = None,
+    o_load: Annotated[float | None, typer.Option(help="Measured shard load time, seconds")] = None,
+    o_res: Annotated[float | None, typer.Option(help="Measured replacement (reschedule) time, seconds")] = None,
+) -> None:
+    """What-if table of checkpoint intervals: expected overhead and lost samples for full, partial, auto."""
+    from trainingjob_operator.planning import plan_table, render_plan
+    from trainingjob_operator.tuning import Measurements
+
+    job = _load(manifest)
+    measured = None
+    if o_save is not None or o_load is not None or o_res is not None:
+        measured = Measurements(o_save_s=o_save, o_load_s=o_load, o_res_s=o_res)
+    Console(width=None if sys.stdout.isatty() else 160).print(render_plan(plan_table(job, measured)))
+
+
+@app.command()
 def crd(
     output: Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write here (repeatable)")] = None,
 ) -> None:

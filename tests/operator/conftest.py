@@ -14,6 +14,7 @@ except where a test asserts that something does NOT happen (``quietly``).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -139,32 +140,42 @@ class Cluster:
 
 @dataclass
 class Operator:
-    """The operator as a task in the test's event loop; ``restart()`` simulates a new process."""
+    """The operator in a thread with its own event loop, as in a separate process (kopf cancels
+    every task of its loop when it stops, so it must not share the test's loop). ``restart()``
+    simulates a new operator process: new memo, new in-memory state, same cluster and Redis."""
 
     config: OperatorConfig
     memo: kopf.Memo = field(default_factory=kopf.Memo)
-    task: asyncio.Task[None] | None = None
-    stop_flag: asyncio.Event = field(default_factory=asyncio.Event)
+    thread: threading.Thread | None = None
+    stop_flag: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
     @property
     def context(self) -> OperatorContext:
         ctx: OperatorContext = self.memo["tj"]
         return ctx
 
+    def _run(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(serve(self.config, stop_flag=self.stop_flag, ready_flag=ready, memo=self.memo))
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
     async def start(self) -> None:
-        self.memo, self.stop_flag = kopf.Memo(), asyncio.Event()
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(serve(self.config, stop_flag=self.stop_flag, ready_flag=ready,
-                                              memo=self.memo))
-        await asyncio.wait_for(ready.wait(), timeout=10)
+        self.memo, self.stop_flag, self.error = kopf.Memo(), threading.Event(), None
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name="operator", daemon=True)
+        self.thread.start()
         await eventually(lambda: "tj" in self.memo, what="operator startup")
 
     async def stop(self) -> None:
-        if self.task is None:
+        if self.thread is None:
             return
         self.stop_flag.set()
-        await asyncio.wait_for(self.task, timeout=20)
-        self.task = None
+        await eventually(lambda: not self.thread.is_alive(), timeout=20, what="operator exit")  # type: ignore[union-attr]
+        self.thread = None
+        if self.error is not None:
+            raise self.error
 
     async def restart(self) -> None:
         await self.stop()

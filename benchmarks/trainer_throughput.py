@@ -1,0 +1,163 @@
+"""Issue #2 targets, measured side by side in one run on this machine.
+
+1. The local distributed job (2 trainers, 2 embedding servers, 1 sync server as processes, gRPC,
+   Redis) against a single-process TorchRec DLRM (EmbeddingBagCollection with fused row-wise
+   Adagrad) of the same model on the same data.
+2. Background synchronisation (ShadowSync, S-EASGD) against foreground synchronisation every step:
+   throughput ratio and held-out AUC.
+3. Peak memory (RSS) per role.
+
+Usage: python benchmarks/trainer_throughput.py [--samples N] [--repeats R]
+Prints a table and writes benchmarks/results/trainer_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def job_manifest(samples: int, eval_samples: int, mode: str, every_steps: int = 1) -> dict:
+    base = yaml.safe_load((ROOT / "examples" / "dlrm-local.yaml").read_text())
+    base["metadata"]["name"] = f"bench-{mode}"
+    base["spec"]["data"]["trainSamples"] = samples
+    base["spec"]["data"]["evalSamples"] = eval_samples
+    base["spec"]["training"]["sync"] = {**base["spec"]["training"].get("sync", {}), "mode": mode,
+                                        "everySteps": every_steps}
+    return base
+
+
+def run_distributed(samples: int, eval_samples: int, mode: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.yaml"
+        path.write_text(yaml.safe_dump(job_manifest(samples, eval_samples, mode)))
+        summary_path = Path(tmp) / "summary.json"
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "trainingjob_operator.cli", "run", str(path), "--summary",
+                        str(summary_path), "--workdir", str(Path(tmp) / "work")], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        summary = json.loads(summary_path.read_text())
+        summary["bench_wall_s"] = time.monotonic() - started
+        return summary
+
+
+SINGLE_PROCESS = r'''
+import json, resource, sys, time, torch, torch.nn.functional as F
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+from trainingjob_operator.api import load_manifest
+from dlrm_trainer.data.batch import feature_keys
+from dlrm_trainer.metrics import StreamingEval
+from dlrm_trainer.sources import data_source
+samples, eval_samples, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+spec = load_manifest(sys.argv[4]).spec
+m = spec.model
+keys = feature_keys(m.sparse_features)
+tables = [EmbeddingBagConfig(name=f"t_{k}", embedding_dim=m.embedding_dim, num_embeddings=rows, feature_names=[k])
+          for k, rows in zip(keys, m.rows())]
+ebc = FusedEmbeddingBagCollection(tables=tables, optimizer_type=RowWiseAdagrad,
+                                  optimizer_kwargs={"lr": spec.training.embedding_learning_rate},
+                                  device=torch.device("cpu"))
+torch.manual_seed(spec.data.seed)
+model = DLRM(embedding_bag_collection=ebc, dense_in_features=m.dense_features,
+             dense_arch_layer_sizes=[*m.bottom_mlp, m.embedding_dim], over_arch_layer_sizes=[*m.top_mlp, 1])
+dense_params = [p for n, p in model.named_parameters() if "embedding_bag_collection" not in n]
+opt = torch.optim.Adagrad(dense_params, lr=spec.training.dense_learning_rate)
+source = data_source(spec)
+started = time.monotonic()
+for _, b in source.train_batches(0, 1, 0, spec.data.batch_size, samples):
+    logits = model(b.dense, b.to_kjt(keys)).squeeze(-1)
+    loss = F.binary_cross_entropy_with_logits(logits, b.labels)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+wall = time.monotonic() - started
+acc = StreamingEval()
+with torch.no_grad():
+    for b in source.eval_batches(eval_samples, 8192):
+        acc.add(b.labels.numpy(), torch.sigmoid(model(b.dense, b.to_kjt(keys)).squeeze(-1)).numpy())
+r = acc.result()
+print(json.dumps({"samples_per_second": samples / wall, "wall_seconds": wall, "auc": r.auc,
+                  "logloss": r.log_loss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def run_single_process(samples: int, eval_samples: int, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.yaml"
+        path.write_text(yaml.safe_dump(job_manifest(samples, eval_samples, "background")))
+        out = subprocess.run([sys.executable, "-c", SINGLE_PROCESS, str(samples), str(eval_samples), str(threads),
+                              str(path)], check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--eval-samples", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds; each runs every variant once, interleaved")
+    args = parser.parse_args()
+
+    runs: dict[str, list[dict]] = {"single-process torchrec": [], "distributed background": [],
+                                   "distributed foreground (every step)": []}
+    for round_ in range(args.repeats):
+        print(f"round {round_ + 1}/{args.repeats}", file=sys.stderr, flush=True)
+        runs["single-process torchrec"].append(run_single_process(args.samples, args.eval_samples, threads=2))
+        runs["distributed background"].append(run_distributed(args.samples, args.eval_samples, "background"))
+        runs["distributed foreground (every step)"].append(
+            run_distributed(args.samples, args.eval_samples, "foreground"))
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs[name])
+
+    rows = []
+    for name, results in runs.items():
+        rows.append({
+            "variant": name, "samples_per_second": med(name, "samples_per_second"), "auc": med(name, "auc"),
+            "logloss": med(name, "logloss"),
+            "peak_rss_mb": (results[-1].get("peak_rss_mb_by_role") or {"process": results[-1]["peak_rss_mb"]}),
+            "runs": len(results),
+        })
+    bg, fg = "distributed background", "distributed foreground (every step)"
+    sp = "single-process torchrec"
+    ratios = {
+        "background_vs_foreground_throughput": med(bg, "samples_per_second") / med(fg, "samples_per_second"),
+        "background_minus_foreground_auc": med(bg, "auc") - med(fg, "auc"),
+        "distributed_vs_single_process_throughput": med(bg, "samples_per_second") / med(sp, "samples_per_second"),
+        "teacher_auc": runs[bg][-1].get("teacher_auc"),
+        "exchanges_background": runs[bg][-1]["sync"]["exchanges"],
+        "exchanges_foreground": runs[fg][-1]["sync"]["exchanges"],
+    }
+    print(f"\n{'variant':<38} {'samples/s':>10} {'AUC':>7} {'logloss':>8}  peak RSS MB")
+    for r in rows:
+        print(f"{r['variant']:<38} {r['samples_per_second']:>10,.0f} {r['auc']:>7.4f} {r['logloss']:>8.4f}  "
+              f"{r['peak_rss_mb']}")
+    for k, v in ratios.items():
+        print(f"{k:<45} {v:.4f}" if isinstance(v, float) else f"{k:<45} {v}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "trainer_throughput.json"
+    out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(),
+                               "samples": args.samples, "repeats": args.repeats, "rows": rows,
+                               "ratios": ratios, "raw": runs}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""When the operator gives up: permanent errors, exhausted restart budgets, invalid specs."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from tests.operator.conftest import JOBS_URL, NAMESPACE, Cluster, Operator, eventually, manifest, quietly
+from trainingjob_operator.api import parse_manifest
+from trainingjob_operator.api.loading import ManifestError
+
+
+async def test_exit_code_78_fails_the_job_and_replaces_nothing(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create_job(manifest("perm"))
+    before = await eventually(lambda: cluster.running("perm", 5), what="5 running pods")
+    failed_at = time.monotonic()
+
+    await cluster.api.finish_pod(NAMESPACE, "perm-embedding-server-1", 78)
+
+    await eventually(lambda: cluster.phase("perm") == "Failed", what="phase Failed")
+    failed = cluster.condition("perm", "Failed")
+    assert failed is not None and failed["status"] == "True" and failed["reason"] == "PermanentError"
+    assert "embedding-server-1 exited with code 78" in failed["message"]
+    # The failed pod stays for inspection; the others are stopped; nothing is created.
+    await eventually(lambda: list(cluster.pods("perm")) == ["perm-embedding-server-1"], what="others deleted")
+    assert cluster.uids("perm")["perm-embedding-server-1"] == before["perm-embedding-server-1"]
+    await quietly(0.5)
+    assert cluster.requests("POST", "pods", since=failed_at) == []
+    event = await eventually(lambda: next((e for e in cluster.events("perm") if e["reason"] == "PermanentError"),
+                                          None), what="PermanentError event")
+    assert event["type"] == "Warning"
+
+
+async def test_a_pod_that_keeps_failing_exhausts_its_budget_and_fails_the_job(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("budget", recovery={"restartBudget": {"maxRestarts": 2, "windowSeconds": 600}}))
+    uids = await eventually(lambda: cluster.running("budget", 5), what="5 running pods")
+
+    for attempt in range(2):  # two failures are within budget: replaced each time
+        await cluster.api.finish_pod(NAMESPACE, "budget-trainer-0", 1)
+        previous = uids["budget-trainer-0"]
+        uids = await eventually(lambda p=previous: (u := cluster.running("budget", 5)) and
+                                u["budget-trainer-0"] != p and u, what=f"replacement {attempt + 1}")
+    await cluster.api.finish_pod(NAMESPACE, "budget-trainer-0", 1)  # the third is one too many
+
+    await eventually(lambda: cluster.phase("budget") == "Failed", what="phase Failed")
+    failed = cluster.condition("budget", "Failed")
+    assert failed is not None and failed["reason"] == "RestartBudgetExhausted"
+    assert "trainer-0 failed 3 times within 600s (budget 2)" in failed["message"]
+    assert cluster.status("budget")["recovery"]["failures"] == 3
+    assert len(cluster.coordination("budget").failures()) == 3
+
+
+async def test_an_invalid_spec_fails_with_a_condition_naming_the_field_and_others_are_served(
+    cluster: Cluster, operator: Operator
+) -> None:
+    bad = manifest("bad", replicas={"syncServer": {"replicas": 2}})
+    try:
+        parse_manifest(bad)
+    except ManifestError as e:
+        expected = str(e)
+    await cluster.create_job(bad)
+    await cluster.create_job(manifest("good"))
+
+    await eventually(lambda: cluster.phase("bad") == "Failed", what="bad job Failed")
+    failed = cluster.condition("bad", "Failed")
+    assert failed is not None and failed["reason"] == "InvalidSpec"
+    assert failed["message"] == expected
+    assert failed["message"].startswith("spec.replicas.syncServer")
+    event = await eventually(lambda: next((e for e in cluster.events("bad") if e["reason"] == "InvalidSpec"), None),
+                             what="InvalidSpec event")
+    assert event["message"] == expected
+    await eventually(lambda: cluster.running("good", 5), what="the good job runs")
+    assert cluster.pods("bad") == {}
+    # Reported once: no retry loop, no repeated events.
+    await quietly(1.0)
+    assert len([e for e in cluster.events("bad") if e["reason"] == "InvalidSpec"]) == 1
+
+
+async def test_a_job_without_any_redis_fails_naming_spec_redis_url(cluster: Cluster, operator: Operator) -> None:
+    operator.config = dataclasses.replace(operator.config, default_redis_url=None)
+    await operator.restart()
+    await cluster.create_job(manifest("noredis"))
+
+    await eventually(lambda: cluster.phase("noredis") == "Failed", what="phase Failed")
+    failed = cluster.condition("noredis", "Failed")
+    assert failed is not None and failed["message"].startswith("spec.redis.url: is required")
+
+
+async def test_an_invalid_spec_update_is_rejected_and_the_job_keeps_running(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("upd"))
+    before = await eventually(lambda: cluster.running("upd", 5), what="5 running pods")
+
+    patch = {"spec": {"replicas": {"trainer": {"replicas": 0}}}}
+    async with cluster.api.patch(f"{JOBS_URL}/upd", json=patch,
+                                 headers={"Content-Type": "application/merge-patch+json"}) as response:
+        assert response.status < 300
+
+    await eventually(lambda: any(e["reason"] == "SpecUpdateRejected" for e in cluster.events("upd")),
+                     what="SpecUpdateRejected event")
+    await quietly(0.5)
+    assert cluster.uids("upd") == before
+    assert cluster.phase("upd") == "Running"

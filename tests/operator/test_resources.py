@@ -1,0 +1,137 @@
+"""The pure builders of pods, the Service and the ConfigMap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainingjob_operator.api import parse_manifest
+from trainingjob_operator.api.loading import ManifestError
+from trainingjob_operator.api.spec import Role, TrainingJob, spec_from_json
+from trainingjob_operator.k8s import resources
+from trainingjob_operator.k8s.resources import Owner, admit, render_config_map, render_pod, render_service
+from trainingjob_operator.reconcile import ReplicaId
+
+OWNER = Owner(name="job", uid="uid-1")
+REDIS = "redis://redis:6379/0"
+
+
+def make_job(**spec: Any) -> TrainingJob:
+    return parse_manifest({"apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob",
+                           "metadata": {"name": "job", "namespace": "ml"}, "spec": spec})
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_pod_name_labels_and_owner() -> None:
+    pod = render_pod(make_job(), ReplicaId(Role.EMBEDDING_SERVER, 1), owner=OWNER, redis_url=REDIS, generation=3)
+    meta = pod["metadata"]
+    assert meta["name"] == "job-embedding-server-1" and meta["namespace"] == "ml"
+    assert meta["labels"] == {
+        "training.cpr.dev/job": "job", "training.cpr.dev/role": "embedding-server", "training.cpr.dev/rank": "1",
+        "app.kubernetes.io/name": "dlrm-trainer", "app.kubernetes.io/instance": "job",
+        "app.kubernetes.io/component": "embedding-server", "app.kubernetes.io/part-of": "trainingjob",
+        "app.kubernetes.io/managed-by": "trainingjob-operator"}
+    assert meta["ownerReferences"] == [{"apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob",
+                                        "name": "job", "uid": "uid-1", "controller": True,
+                                        "blockOwnerDeletion": True}]
+    assert meta["annotations"] == {"training.cpr.dev/generation": "3"}
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("job-embedding-server-1", "job")
+
+
+def test_pod_env_contract() -> None:
+    pod = render_pod(make_job(), ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=2)
+    assert env_of(pod) == {
+        "TJ_JOB": "job", "TJ_NAMESPACE": "ml", "TJ_ROLE": "trainer", "TJ_RANK": "0", "TJ_REDIS_URL": REDIS,
+        "TJ_SPEC": {"configMapKeyRef": {"name": "job-spec", "key": "spec.json"}},
+        "POD_IP": {"fieldRef": {"fieldPath": "status.podIP"}},
+        "TJ_INSTANCE": {"fieldRef": {"fieldPath": "metadata.uid"}},
+        "TJ_GENERATION": "2", "TJ_CHECKPOINT_DIR": "/checkpoints",
+    }
+    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "dlrm_trainer"]
+
+
+def test_role_settings_pass_through_but_never_override_the_contract() -> None:
+    job = make_job(image="img:spec", replicas={"trainer": {
+        "replicas": 1, "image": "img:trainer", "env": {"NCCL_DEBUG": "INFO", "TJ_RANK": "7"},
+        "resources": {"requests": {"cpu": "4", "nvidia.com/gpu": 1}, "limits": {"memory": "8Gi"}},
+        "nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}})
+    pod = render_pod(job, ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "img:trainer"
+    assert env_of(pod)["NCCL_DEBUG"] == "INFO" and env_of(pod)["TJ_RANK"] == "0"
+    assert container["resources"] == {"requests": {"cpu": "4", "nvidia.com/gpu": 1},
+                                      "limits": {"memory": "8Gi", "nvidia.com/gpu": 1}}
+    assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    server = render_pod(job, ReplicaId(Role.SYNC_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert server["spec"]["containers"][0]["image"] == "img:spec"
+
+
+@pytest.mark.parametrize(("role", "probed"), [
+    pytest.param(Role.EMBEDDING_SERVER, True, id="embedding-server"),
+    pytest.param(Role.SYNC_SERVER, True, id="sync-server"),
+    pytest.param(Role.TRAINER, False, id="trainer"),
+])
+def test_servers_have_grpc_health_probes(role: Role, probed: bool) -> None:
+    container = render_pod(make_job(), ReplicaId(role, 0), owner=OWNER, redis_url=REDIS,
+                           generation=0)["spec"]["containers"][0]
+    probes = {k for k in container if k.endswith("Probe")}
+    if not probed:
+        assert probes == set() and "ports" not in container
+        return
+    assert probes == {"startupProbe", "readinessProbe", "livenessProbe"}
+    for probe in probes:
+        assert container[probe]["grpc"] == {"port": 50051, "service": ""}
+    assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("storage", "volume"), [
+    pytest.param(None, {"name": "checkpoints", "emptyDir": {}}, id="default-emptydir"),
+    pytest.param("pvc:ckpt-claim", {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt-claim"}},
+                 id="pvc"),
+])
+def test_embedding_servers_mount_their_checkpoint_volume(storage: str | None, volume: dict[str, Any]) -> None:
+    job = make_job(recovery={"checkpoint": {"storage": storage}} if storage else {})
+    pod = render_pod(job, ReplicaId(Role.EMBEDDING_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert pod["spec"]["volumes"] == [volume]
+    assert pod["spec"]["containers"][0]["volumeMounts"] == [{"name": "checkpoints", "mountPath": "/checkpoints"}]
+    trainer = render_pod(job, ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert "volumes" not in trainer["spec"]
+
+
+def test_headless_service_selects_the_jobs_pods() -> None:
+    service = render_service(make_job(), owner=OWNER)
+    assert service["metadata"]["name"] == "job"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"training.cpr.dev/job": "job"}
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_config_map_holds_the_spec_json() -> None:
+    job = make_job(replicas={"trainer": {"replicas": 5}})
+    config_map = render_config_map(job, owner=OWNER)
+    assert config_map["metadata"]["name"] == "job-spec"
+    assert spec_from_json(config_map["data"]["spec.json"]) == job.spec
+
+
+def test_redis_url_comes_from_the_spec_else_the_operator_default() -> None:
+    body = {"apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "job", "namespace": "ml", "uid": "u"}, "spec": {}, "status": {"phase": "?"}}
+    assert admit(body, REDIS)[1] == REDIS
+    own = {**body, "spec": {"redis": {"url": "redis://own:6379/1"}}}
+    assert admit(own, REDIS)[1] == "redis://own:6379/1"
+    with pytest.raises(ManifestError) as raised:
+        admit(body, None)
+    assert raised.value.field == "spec.redis.url"
+
+
+def test_replica_of_reads_labels_and_rejects_strangers() -> None:
+    assert resources.replica_of({"training.cpr.dev/role": "trainer", "training.cpr.dev/rank": "3"}) == \
+        ReplicaId(Role.TRAINER, 3)
+    assert resources.replica_of({"training.cpr.dev/role": "chef", "training.cpr.dev/rank": "3"}) is None
+    assert resources.replica_of({"training.cpr.dev/role": "trainer"}) is None

@@ -1,0 +1,567 @@
+"""Checkpoints of an embedding shard: selection, snapshot, atomic writes, fallback on corruption, retention."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlrm_trainer import checkpoint as ckpt
+from dlrm_trainer.checkpoint import (
+    BackgroundCheckpointer,
+    CheckpointInfo,
+    CheckpointWriter,
+    SnapshotData,
+    StorageError,
+    choose_kind,
+    fraction_count,
+    load_dense,
+    load_latest,
+    save_dense,
+    select_rows,
+    snapshot,
+    tuned_interval,
+)
+from dlrm_trainer.embedding_server import EmbeddingShard, ShardTables
+from tests.recovery.conftest import TABLE_ROWS, make_shard
+from trainingjob_operator.api.spec import CheckpointSpec
+from trainingjob_operator.coordination import Coordination
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def touch(shard: EmbeddingShard, per_table: dict[int, list[int]], times: int = 1) -> None:
+    """Apply ``times`` sparse updates to the given rows (one-shard server: local row == id)."""
+    for _ in range(times):
+        ids = [i for t in range(len(TABLE_ROWS)) for i in per_table.get(t, [])]
+        counts = torch.tensor([len(per_table.get(t, [])) for t in range(len(TABLE_ROWS))])
+        shard.update(torch.tensor(ids, dtype=torch.int64), counts, torch.randn(len(ids), ckpt_dim(shard)))
+
+
+def ckpt_dim(shard: EmbeddingShard) -> int:
+    return int(shard.tables.weights[0].shape[1])
+
+
+def state(tables: ShardTables) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [w.clone() for w in tables.weights], [a.clone() for a in tables.adagrad]
+
+
+def assert_tables_equal(tables: ShardTables, expected: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+    for t, (w, a) in enumerate(zip(*expected, strict=True)):
+        assert torch.equal(tables.weights[t], w), f"weights of table {t} differ"
+        assert torch.equal(tables.adagrad[t], a), f"adagrad of table {t} differ"
+
+
+def save(writer: CheckpointWriter, shard: EmbeddingShard, kind: str, progress: int, hot: float = 0.5) -> CheckpointInfo:
+    counts = [a.clone() for a in shard.tables.access]
+    rows = select_rows(kind, counts, hot, hot, torch.Generator().manual_seed(0))
+    return writer.save(snapshot(shard.tables, rows, shard.lock), kind, progress)
+
+
+def fresh_tables() -> ShardTables:
+    return make_shard(seed=99).tables
+
+
+def flip_byte(path: Path, offset: int = -5) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def spec(**overrides: object) -> CheckpointSpec:
+    return CheckpointSpec.model_validate({"minIntervalSeconds": 0.01, **overrides})
+
+
+# -- pure selection -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fraction", "n", "expected"), [
+    pytest.param(0.1, 30, 3, id="no-float-overshoot"),
+    pytest.param(0.25, 9, 3, id="rounds-up"),
+    pytest.param(1.0, 7, 7, id="all"),
+    pytest.param(0.5, 0, 0, id="empty"),
+])
+def test_fraction_count(fraction: float, n: int, expected: int) -> None:
+    assert fraction_count(fraction, n) == expected
+
+
+@pytest.mark.parametrize(("counts", "fraction", "expected"), [
+    pytest.param([5, 0, 5, 3, 9, 1, 0, 2], 0.5, [0, 2, 3, 4], id="top-half"),
+    pytest.param([2, 2, 2, 2, 2, 2], 0.5, [0, 1, 2], id="ties-go-to-lower-index"),
+    pytest.param([1, 7, 7, 0, 7], 0.4, [1, 2], id="tie-at-the-cut"),
+    pytest.param([0, 0, 4, 0, 0, 0, 0, 0], 0.5, [2], id="never-accessed-rows-left-out"),
+    pytest.param([0, 0, 0], 1.0, [], id="nothing-accessed"),
+])
+def test_mfu_selects_exactly_the_hottest_fraction(counts: list[int], fraction: float, expected: list[int]) -> None:
+    (rows,) = select_rows("mfu", [torch.tensor(counts, dtype=torch.int32)], fraction, 0.5, torch.Generator())
+    assert rows.tolist() == expected
+    assert rows.dtype == torch.int64
+
+
+def test_ssu_samples_only_accessed_rows_deterministically_per_seed() -> None:
+    counts = torch.zeros(1000, dtype=torch.int32)
+    accessed = torch.randperm(1000, generator=torch.Generator().manual_seed(3))[:200]
+    counts[accessed] = 1
+
+    def pick(seed: int) -> torch.Tensor:
+        return select_rows("ssu", [counts], 0.5, 0.25, torch.Generator().manual_seed(seed))[0]
+
+    rows = pick(7)
+    assert rows.numel() == 50
+    assert bool((counts[rows] > 0).all())
+    assert rows.tolist() == sorted(set(rows.tolist()))
+    assert torch.equal(rows, pick(7))
+    assert not torch.equal(rows, pick(8))
+
+
+def test_full_selects_every_row_and_unknown_strategy_is_rejected() -> None:
+    rows = select_rows("full", [torch.zeros(3), torch.zeros(0)], 0.5, 0.5, torch.Generator())
+    assert [r.tolist() for r in rows] == [[0, 1, 2], []]
+    with pytest.raises(ValueError, match="'lru': expected full, mfu or ssu"):
+        select_rows("lru", [torch.zeros(3)], 0.5, 0.5, torch.Generator())
+
+
+@pytest.mark.parametrize(("strategy", "since_full", "full_every", "expected"), [
+    pytest.param("full", 2, 4, "full", id="full-strategy"),
+    pytest.param("mfu", None, 4, "full", id="first-save-is-full"),
+    pytest.param("mfu", 0, 4, "mfu", id="after-full"),
+    pytest.param("ssu", 2, 4, "ssu", id="third"),
+    pytest.param("mfu", 3, 4, "full", id="every-fourth"),
+    pytest.param("ssu", 0, 1, "full", id="full-every-1"),
+])
+def test_choose_kind(strategy: str, since_full: int | None, full_every: int, expected: str) -> None:
+    assert choose_kind(strategy, since_full, full_every) == expected
+
+
+# -- snapshot -------------------------------------------------------------------------------------------
+
+
+def test_snapshot_copies_rows_and_resets_only_their_counters(shard: EmbeddingShard) -> None:
+    touch(shard, {0: [1, 2, 3], 2: [4]}, times=2)
+    rows = [torch.tensor([1, 3]), torch.tensor([], dtype=torch.int64), torch.tensor([4])]
+    snap = snapshot(shard.tables, rows, shard.lock)
+    assert torch.equal(snap.weights[0], shard.tables.weights[0][[1, 3]])
+    assert torch.equal(snap.adagrad[2], shard.tables.adagrad[2][[4]])
+    assert shard.tables.access[0].tolist()[:4] == [0, 0, 2, 0]  # row 2 accessed but not saved: keeps counting
+    assert int(shard.tables.access[2][4]) == 0
+    before = snap.weights[0].clone()
+    shard.tables.weights[0].add_(1.0)
+    assert torch.equal(snap.weights[0], before), "snapshot must not alias the live tables"
+    assert snap.num_rows == 3 and snap.table_rows == TABLE_ROWS and snap.dim == 4
+
+
+# -- save and load --------------------------------------------------------------------------------------
+
+
+def test_full_round_trip_restores_bit_identical_weights_and_adagrad(tmp_path: Path, shard: EmbeddingShard) -> None:
+    touch(shard, {0: [0, 5], 1: [3]})
+    expected = state(shard.tables)
+    info = save(CheckpointWriter(tmp_path, 0), shard, "full", progress=1234)
+    assert info.id == "00000001-full" and info.rows == sum(TABLE_ROWS)
+
+    restored = fresh_tables()
+    restored.access[0][0] = 5
+    report = load_latest(tmp_path, 0, restored)
+    assert_tables_equal(restored, expected)
+    assert report.loaded == ("00000001-full",) and report.progress == 1234 and not report.skipped
+    assert int(restored.access[0].sum()) == 0, "a restored shard's rows all equal their saved values"
+    assert "restored 00000001-full" in report.describe()
+
+
+def test_manifest_lists_files_with_checksums_sizes_and_chain(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 3)
+    save(writer, shard, "full", 10)
+    touch(shard, {1: [2]})
+    info = save(writer, shard, "mfu", 20)
+    manifest = json.loads((info.path / "MANIFEST.json").read_text())
+    assert info.path == tmp_path / "shard-3" / "00000002-mfu"
+    assert (manifest["kind"], manifest["seq"], manifest["base"], manifest["parent"]) == ("mfu", 2, 1, 1)
+    assert manifest["progress"] == 20 and manifest["table_rows"] == TABLE_ROWS
+    assert [f["name"] for f in manifest["files"]] == [f"table-{t}.safetensors" for t in range(3)]
+    assert [f["rows"] for f in manifest["files"]] == [0, 1, 0]
+    for f in manifest["files"]:
+        assert (info.path / f["name"]).stat().st_size == f["bytes"]
+        assert len(f["sha256"]) == 64
+
+
+def test_partial_on_top_of_full_restores_the_union(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 100)
+    at_full = state(shard.tables)
+    touch(shard, {0: [1, 2, 3, 4], 1: [7]}, times=3)
+    touch(shard, {0: [9]})  # accessed once: below the hot cut of table 0 (ceil(0.1 * 40) = 4 rows)
+    info = save(writer, shard, "mfu", 200, hot=0.1)
+    at_partial = state(shard.tables)
+    touch(shard, {0: [1, 30]})  # after the last save: lost
+
+    restored = fresh_tables()
+    report = load_latest(tmp_path, 0, restored)
+    assert report.loaded == ("00000001-full", info.id) and report.progress == 200
+    saved = {0: [1, 2, 3, 4], 1: [7]}
+    for t in range(3):
+        expected_w, expected_a = at_full[0][t].clone(), at_full[1][t].clone()
+        idx = torch.tensor(saved.get(t, []), dtype=torch.int64)
+        expected_w[idx], expected_a[idx] = at_partial[0][t][idx], at_partial[1][t][idx]
+        assert torch.equal(restored.weights[t], expected_w)
+        assert torch.equal(restored.adagrad[t], expected_a)
+    assert not torch.equal(restored.weights[0][9], at_partial[0][0][9]), "row 9 was not hot: keeps the full's value"
+
+
+def test_a_partial_needs_a_full_first(tmp_path: Path, shard: EmbeddingShard) -> None:
+    with pytest.raises(ValueError, match="needs a full one first"):
+        save(CheckpointWriter(tmp_path, 0), shard, "ssu", 1)
+
+
+def test_no_checkpoint_leaves_tables_untouched(tmp_path: Path) -> None:
+    tables = fresh_tables()
+    before = state(tables)
+    report = load_latest(tmp_path, 0, tables)
+    assert not report.found and report.progress is None
+    assert_tables_equal(tables, before)
+    assert report.describe() == "shard 0: no checkpoint, starting from initial weights"
+
+
+# -- atomicity ------------------------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: not an OSError, so nothing cleans up after it."""
+
+
+def test_crash_between_files_and_manifest_keeps_the_previous_checkpoint(
+    tmp_path: Path, shard: EmbeddingShard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 1)
+    expected = state(shard.tables)
+    touch(shard, {0: [0, 1]})
+    real_write = ckpt._write_atomically
+
+    def crash_on_manifest(path: Path, data: bytes) -> None:
+        if path.name == "MANIFEST.json":
+            raise Crash
+        real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_atomically", crash_on_manifest)
+    with pytest.raises(Crash):
+        save(writer, shard, "full", 2)
+    monkeypatch.undo()
+    crashed = tmp_path / "shard-0" / "00000002-full"
+    assert (crashed / "table-0.safetensors").exists() and not (crashed / "MANIFEST.json").exists()
+
+    restored = fresh_tables()
+    report = load_latest(tmp_path, 0, restored)
+    assert report.loaded == ("00000001-full",) and report.incomplete == ("00000002-full",)
+    assert_tables_equal(restored, expected)
+
+    restarted = CheckpointWriter(tmp_path, 0)  # a replacement process: never reuses the crashed seq
+    assert save(restarted, shard, "full", 3).id == "00000003-full"
+    assert not crashed.exists(), "retention removes manifest-less directories older than the newest checkpoint"
+
+
+def test_a_directory_without_manifest_is_not_a_checkpoint(tmp_path: Path, shard: EmbeddingShard) -> None:
+    info = save(CheckpointWriter(tmp_path, 0), shard, "full", 1)
+    fake = tmp_path / "shard-0" / "00000009-full"
+    fake.mkdir()
+    for f in info.path.glob("table-*"):
+        (fake / f.name).write_bytes(b"garbage")
+    report = load_latest(tmp_path, 0, fresh_tables())
+    assert report.loaded == ("00000001-full",) and not report.skipped
+
+
+# -- corruption and fallback ----------------------------------------------------------------------------
+
+
+def test_corrupt_byte_falls_back_to_previous_full_and_names_the_file(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 1)
+    expected = state(shard.tables)
+    touch(shard, {0: [0], 2: [1]})
+    newest = save(writer, shard, "full", 2)
+    flip_byte(newest.path / "table-1.safetensors")
+
+    restored = fresh_tables()
+    report = load_latest(tmp_path, 0, restored)
+    assert_tables_equal(restored, expected)
+    assert report.loaded == ("00000001-full",) and report.progress == 1
+    assert "checkpoint 00000002-full corrupt (sha256 mismatch in table-1.safetensors); fell back to 00000001-full" \
+        in report.describe()
+
+
+def test_missing_file_falls_back_to_previous_full(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 1)
+    (save(writer, shard, "full", 2).path / "table-0.safetensors").unlink()
+    report = load_latest(tmp_path, 0, fresh_tables())
+    assert report.loaded == ("00000001-full",)
+    assert report.skipped[0].reason == "corrupt (missing table-0.safetensors)"
+
+
+def test_corrupt_manifest_is_skipped_with_reason(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 1)
+    (save(writer, shard, "full", 2).path / "MANIFEST.json").write_text("{not json")
+    report = load_latest(tmp_path, 0, fresh_tables())
+    assert report.loaded == ("00000001-full",)
+    assert report.skipped[0].reason.startswith("unreadable manifest (JSONDecodeError")
+
+
+def test_chain_stops_at_the_first_corrupt_partial(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 1)
+    touch(shard, {0: [1]})
+    save(writer, shard, "mfu", 2)
+    touch(shard, {0: [2]})
+    bad = save(writer, shard, "mfu", 3)
+    touch(shard, {0: [3]})
+    save(writer, shard, "mfu", 4)
+    flip_byte(bad.path / "table-0.safetensors")
+    report = load_latest(tmp_path, 0, fresh_tables())
+    assert report.loaded == ("00000001-full", "00000002-mfu") and report.progress == 2
+    assert {s.id: s.reason for s in report.skipped} == {
+        "00000003-mfu": "corrupt (sha256 mismatch in table-0.safetensors)",
+        "00000004-mfu": "not applied (follows unusable 00000003-mfu)",
+    }
+
+
+def test_fallback_past_a_corrupt_full_keeps_the_older_fulls_partials(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0)
+    save(writer, shard, "full", 1)
+    touch(shard, {1: [1]})
+    save(writer, shard, "ssu", 2)
+    expected = state(shard.tables)
+    touch(shard, {1: [2]})
+    bad = save(writer, shard, "full", 3)
+    touch(shard, {1: [3]})
+    save(writer, shard, "ssu", 4)
+    flip_byte(bad.path / "table-2.safetensors")
+    restored = fresh_tables()
+    report = load_latest(tmp_path, 0, restored)
+    assert report.loaded == ("00000001-full", "00000002-ssu")
+    assert_tables_equal(restored, expected)
+    assert [s.id for s in report.skipped] == ["00000004-ssu", "00000003-full"]
+    assert "fell back to 00000001-full" in report.describe()
+
+
+def test_every_full_corrupt_leaves_tables_untouched(tmp_path: Path, shard: EmbeddingShard) -> None:
+    flip_byte(save(CheckpointWriter(tmp_path, 0), shard, "full", 1).path / "table-0.safetensors")
+    tables = fresh_tables()
+    before = state(tables)
+    report = load_latest(tmp_path, 0, tables)
+    assert not report.found
+    assert_tables_equal(tables, before)
+    assert report.describe().startswith("shard 0: no intact checkpoint, starting from initial weights: "
+                                        "checkpoint 00000001-full corrupt")
+
+
+def test_checkpoint_of_other_table_shapes_is_skipped(tmp_path: Path) -> None:
+    small = make_shard(table_rows=[10, 10, 10])
+    save(CheckpointWriter(tmp_path, 0), small, "full", 1)
+    report = load_latest(tmp_path, 0, fresh_tables())
+    assert not report.found
+    assert report.skipped[0].reason == "incompatible (tables [10, 10, 10] x 4, shard has [40, 25, 9] x 4)"
+
+
+# -- retention ------------------------------------------------------------------------------------------
+
+
+def test_retention_keeps_newest_fulls_and_their_partials(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = CheckpointWriter(tmp_path, 0, keep=2)
+    for i, kind in enumerate(["full", "mfu", "full", "mfu", "full", "mfu", "ssu"], start=1):
+        touch(shard, {0: [i]})
+        save(writer, shard, kind, i)
+    names = sorted(p.name for p in (tmp_path / "shard-0").iterdir())
+    assert names == ["00000003-full", "00000004-mfu", "00000005-full", "00000006-mfu", "00000007-ssu"]
+    assert load_latest(tmp_path, 0, fresh_tables()).loaded == ("00000005-full", "00000006-mfu", "00000007-ssu")
+
+
+# -- unwritable storage ---------------------------------------------------------------------------------
+
+
+def unwritable_root(tmp_path: Path) -> Path:
+    """A path under a regular file: not writable even for root (chmod would not stop root)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    return blocker / "checkpoints"
+
+
+def test_unwritable_storage_raises_storage_error(tmp_path: Path, shard: EmbeddingShard) -> None:
+    root = unwritable_root(tmp_path)
+    with pytest.raises(StorageError, match=r"checkpoint storage .*blocker/checkpoints/shard-0 not writable: Not a dir"):
+        save(CheckpointWriter(root, 0), shard, "full", 1)
+
+
+def test_background_checkpointer_keeps_running_when_storage_is_unwritable(
+    tmp_path: Path, shard: EmbeddingShard
+) -> None:
+    root = unwritable_root(tmp_path)
+    errors: list[Exception] = []
+    bg = BackgroundCheckpointer(shard, CheckpointWriter(root, 0), spec(strategy="mfu", fullEvery=3),
+                                lambda: 0.01, lambda: 7, on_error=errors.append).start()
+    try:
+        deadline = time.monotonic() + 5
+        while bg.stats().failures < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        touch(shard, {0: [1]})  # training goes on
+        stats = bg.stats()
+        assert bg.alive and stats.failures >= 3 and stats.saves == 0
+        assert stats.last_error is not None and "not writable" in stats.last_error
+        assert all(isinstance(e, StorageError) for e in errors)
+
+        (root.parent).unlink()  # storage comes back
+        while bg.stats().saves == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        bg.stop()
+    last = bg.stats().last
+    assert last is not None and last.kind == "full" and last.progress == 7
+
+
+# -- background checkpointer ----------------------------------------------------------------------------
+
+
+def test_background_checkpointer_cycles_full_and_partials(tmp_path: Path, shard: EmbeddingShard) -> None:
+    bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(strategy="mfu", fullEvery=3, hotFraction=0.1),
+                                lambda: 3600.0, lambda: 5)
+    kinds = []
+    for i in range(5):
+        touch(shard, {0: list(range(i, i + 8))}, times=1)
+        touch(shard, {0: [20, 21, 22, 23]}, times=2)
+        info = bg.save_once()
+        assert info is not None
+        kinds.append(info.kind)
+    assert kinds == ["full", "mfu", "mfu", "full", "mfu"]
+    manifest = json.loads((tmp_path / "shard-0" / "00000005-mfu" / "MANIFEST.json").read_text())
+    assert [f["rows"] for f in manifest["files"]] == [4, 0, 0]
+    stats = bg.stats()
+    assert stats.saves == 5 and len(stats.stall_s) == 5 and stats.bytes_written > 0
+
+
+def test_ssu_save_contains_only_accessed_rows(tmp_path: Path, shard: EmbeddingShard) -> None:
+    bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0),
+                                spec(strategy="ssu", sampleFraction=0.5), lambda: 3600.0, lambda: 0)
+    bg.save_once()
+    accessed = [1, 4, 9, 16, 25, 36]
+    touch(shard, {0: accessed})
+    info = bg.save_once()
+    assert info is not None and info.kind == "ssu" and info.rows == 3
+    from safetensors.torch import load_file
+    rows = load_file(str(info.path / "table-0.safetensors"))["rows"].tolist()
+    assert set(rows) <= set(accessed) and len(rows) == 3
+
+
+class BlockingWriter:
+    """Wraps a writer; its save waits until released, like a slow volume."""
+
+    def __init__(self, inner: CheckpointWriter) -> None:
+        self.inner = inner
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def save(self, snap: SnapshotData, kind: str, progress_marker: int | None) -> CheckpointInfo:
+        self.writing.set()
+        self.release.wait(5)
+        return self.inner.save(snap, kind, progress_marker)
+
+
+def test_training_proceeds_while_a_slow_write_is_in_progress(tmp_path: Path, shard: EmbeddingShard) -> None:
+    writer = BlockingWriter(CheckpointWriter(tmp_path, 0))
+    bg = BackgroundCheckpointer(shard, writer, spec(), lambda: 3600.0, lambda: 0).start()
+    try:
+        bg.request_save()
+        assert writer.writing.wait(5)
+        start = time.perf_counter()
+        touch(shard, {0: [1, 2]}, times=5)
+        update_s = time.perf_counter() - start
+        assert update_s < 0.5, "the shard lock must not be held during the write"
+        assert bg.stats().saves == 0
+    finally:
+        writer.release.set()
+        bg.stop()
+    stats = bg.stats()
+    assert stats.saves == 1 and stats.stall_s[0] < 0.5
+
+
+def test_stop_final_makes_a_last_save_and_interval_is_reread(tmp_path: Path, shard: EmbeddingShard) -> None:
+    intervals = iter([0.01, 0.01] + [3600.0] * 100)
+    bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(), lambda: next(intervals),
+                                lambda: 1).start()
+    deadline = time.monotonic() + 5
+    while bg.stats().saves < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    bg.stop(final=True, timeout_s=5)
+    assert not bg.alive and bg.stats().saves == 3
+
+
+def test_tuned_interval_prefers_fixed_then_redis_then_initial(coord: Coordination) -> None:
+    assert tuned_interval(spec(intervalSeconds=9.0), coord)() == 9.0
+    source = tuned_interval(spec(initialIntervalSeconds=30.0), coord)
+    assert source() == 30.0
+    coord.set_interval(7.5)
+    assert source() == 7.5
+    assert tuned_interval(spec(initialIntervalSeconds=30.0), None)() == 30.0
+
+    class Down:
+        def interval(self) -> float | None:
+            raise ConnectionError("redis down")
+
+    assert tuned_interval(spec(initialIntervalSeconds=30.0), Down())() == 30.0  # type: ignore[arg-type]
+
+
+# -- Redis pointer ----------------------------------------------------------------------------------------
+
+
+def test_pointer_is_published_after_the_manifest_with_costs(tmp_path: Path, shard: EmbeddingShard,
+                                                            coord: Coordination) -> None:
+    seen: list[bool] = []
+
+    class Spy:
+        def record_cost(self, name: str, seconds: float) -> None:
+            coord.record_cost(name, seconds)
+
+        def set_checkpoint_pointer(self, shard_index: int, pointer: dict) -> None:
+            seen.append((Path(pointer["path"]) / "MANIFEST.json").is_file())
+            coord.set_checkpoint_pointer(shard_index, pointer)
+
+        def interval(self) -> float | None:
+            return coord.interval()
+
+    info = save(CheckpointWriter(tmp_path, 2, Spy()), shard, "full", 42)
+    assert seen == [True] and info.pointer_published
+    pointer = coord.checkpoint_pointer(2)
+    assert pointer == info.pointer()
+    assert pointer is not None and pointer["checksum"].startswith("sha256:") and pointer["rows"] == sum(TABLE_ROWS)
+    assert coord.costs("o_save") == [pytest.approx(info.stall_s)]
+    assert coord.costs("write") == [pytest.approx(info.write_s)]
+
+    with pytest.raises(StorageError):
+        save(CheckpointWriter(unwritable_root(tmp_path), 2, coord), shard, "full", 43)
+    assert coord.checkpoint_pointer(2) == pointer, "a failed save publishes nothing"
+
+    load_latest(tmp_path, 2, fresh_tables(), coord)
+    assert len(coord.costs("o_load")) == 1
+
+
+# -- dense state ------------------------------------------------------------------------------------------
+
+
+def test_dense_round_trip_and_fallback(tmp_path: Path) -> None:
+    assert load_dense(tmp_path).flat is None
+    first = torch.randn(1000)
+    save_dense(tmp_path, first, 10)
+    second = save_dense(tmp_path, first * 2, 20)
+    loaded = load_dense(tmp_path)
+    assert loaded.id == "00000002-dense" and loaded.progress == 20
+    assert loaded.flat is not None and torch.equal(loaded.flat, first * 2)
+
+    flip_byte(second.path / "dense.safetensors")
+    loaded = load_dense(tmp_path)
+    assert loaded.id == "00000001-dense" and loaded.flat is not None and torch.equal(loaded.flat, first)
+    assert loaded.skipped[0].reason == "corrupt (sha256 mismatch in dense.safetensors)"
+
+    with pytest.raises(StorageError):
+        save_dense(unwritable_root(tmp_path), first, 1)
