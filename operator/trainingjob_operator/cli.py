@@ -32,6 +32,8 @@ def run(
     summary: Annotated[Path | None, typer.Option(help="Where to write the summary JSON")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Logs, Redis and checkpoints; default runs/<job>")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Use this Redis instead of an embedded one")] = None,
+    inject_failures: Annotated[str | None, typer.Option(
+        help="Kill replicas: 'embedding-server/1@60s,trainer/0@2m:stop' or 'random:any:mtbf=120s:seed=7'")] = None,
 ) -> None:
     """Run every replica of the job as a local process; exit 0 only if the job succeeded."""
     import logging
@@ -41,8 +43,9 @@ def run(
     from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
 
     job = _load(manifest)
+    injections = _injections(job, inject_failures) if inject_failures else []
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    options = RunOptions(workdir=workdir, redis_url=redis_url)
+    options = RunOptions(workdir=workdir, redis_url=redis_url, injections=injections)
     with ProgressDisplay(job.name) as display:
         supervisor = LocalSupervisor(job, options, on_tick=display.update)
         result = supervisor.run()
@@ -58,6 +61,18 @@ def run(
     if result["status"] == "Interrupted":
         raise typer.Exit(130)
     raise typer.Exit(0 if result["status"] == "Succeeded" else 1)
+
+
+def _injections(job, text: str) -> list:  # type: ignore[no-untyped-def]
+    from trainingjob_operator.api.spec import ROLES
+    from trainingjob_operator.local.injection import InjectionSpecError, parse_injection_spec, plan_injections
+
+    try:
+        replicas = {role.value: job.spec.replicas.count(role) for role in ROLES}
+        return plan_injections(parse_injection_spec(text), replicas, horizon_s=7 * 24 * 3600.0)
+    except InjectionSpecError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 @app.command()

@@ -156,6 +156,44 @@ class Coordination:
         value = self.r.get(self.key("lost_samples"))
         return int(value) if value else 0
 
+    def total_samples(self, trainers: int) -> int:
+        """Samples trained by all trainers so far (the progress marker of checkpoints and PLS)."""
+        return sum(p.samples for p in self.all_progress(trainers).values())
+
+    def set_trainer_cursor(self, rank: int, cursor: int, samples: int) -> None:
+        """Roll a trainer's resume point (full recovery rolls every trainer back to the checkpoint)."""
+        self.report_progress(Progress(rank, samples, cursor, None, None, time.time(), False))
+
+    # --- recovery records, checkpoint log, learning curve ----------------------------------
+    def record_recovery(self, name: str, instance: str, **fields: Any) -> None:
+        """What a replacement restored (checkpoint loaded, fallbacks, samples lost)."""
+        self.r.hset(self.key("recovery", name), instance, json.dumps({"time": time.time(), **fields}))
+
+    def recoveries(self, name: str) -> dict[str, dict[str, Any]]:
+        raw: dict[str, str] = self.r.hgetall(self.key("recovery", name))  # type: ignore[assignment]
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    def set_checkpoint_error(self, shard: int, message: str | None) -> None:
+        if message is None:
+            self.r.hdel(self.key("checkpoint_errors"), str(shard))
+        else:
+            self.r.hset(self.key("checkpoint_errors"), str(shard), message)
+
+    def checkpoint_errors(self) -> dict[str, str]:
+        return self.r.hgetall(self.key("checkpoint_errors"))  # type: ignore[return-value]
+
+    def log_checkpoint(self, **fields: Any) -> None:
+        self.r.rpush(self.key("checkpoints"), json.dumps(fields))
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in self.r.lrange(self.key("checkpoints"), 0, -1)]  # type: ignore[union-attr]
+
+    def log_curve_point(self, **fields: Any) -> None:
+        self.r.rpush(self.key("curve"), json.dumps(fields))
+
+    def curve(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in self.r.lrange(self.key("curve"), 0, -1)]  # type: ignore[union-attr]
+
     def clear(self) -> None:
         """Remove every key of this job (a fresh run of the same job name)."""
         for key in self.r.scan_iter(match=self.prefix + "*", count=1000):

@@ -20,6 +20,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+
 from trainingjob_operator.api.spec import RoleSpec
 
 ROOT = Path(__file__).resolve().parents[2]

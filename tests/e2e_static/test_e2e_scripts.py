@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from trainingjob_operator.api import Role, parse_manifest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import kmock
 import kopf
@@ -31,15 +31,13 @@ from trainingjob_operator.k8s.coordinator import OperatorContext
 from trainingjob_operator.k8s.emulator import ApiServerEmulator
 from trainingjob_operator.k8s.main import serve
 
-T = TypeVar("T")
 NAMESPACE = "ml"
 JOBS_URL = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
 TJ = kmock.resource(GROUP, VERSION, PLURAL)
 TICK_S = 0.25
 
 
-async def eventually(check: Callable[[], T | None | Awaitable[T | None]], timeout: float = 10.0,
-                     what: str = "condition") -> T:
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -193,7 +191,7 @@ async def cluster(redis_url: str) -> AsyncIterator[Cluster]:
 async def operator(cluster: Cluster, redis_url: str) -> AsyncIterator[Operator]:
     connection = kopf.ConnectionInfo(server=str(cluster.api.url).rstrip("/"), insecure=True)
     config = OperatorConfig(standalone=True, metrics_port=None, default_redis_url=redis_url, tick_s=TICK_S,
-                            tune_every_s=1.0, connection=connection, log_json=False)
+                            tune_every_s=1.0, progress_every_s=0.5, connection=connection, log_json=False)
     op = Operator(config=config)
     await op.start()
     yield op

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 from tests.operator.conftest import JOBS_URL, NAMESPACE, Cluster, Operator, eventually, manifest, quietly
@@ -37,11 +38,14 @@ async def test_a_pod_that_keeps_failing_exhausts_its_budget_and_fails_the_job(
     await cluster.create_job(manifest("budget", recovery={"restartBudget": {"maxRestarts": 2, "windowSeconds": 600}}))
     uids = await eventually(lambda: cluster.running("budget", 5), what="5 running pods")
 
+    def replaced(previous: str) -> dict[str, str] | None:
+        now = cluster.running("budget", 5)
+        return now if now and now["budget-trainer-0"] != previous else None
+
     for attempt in range(2):  # two failures are within budget: replaced each time
         await cluster.api.finish_pod(NAMESPACE, "budget-trainer-0", 1)
         previous = uids["budget-trainer-0"]
-        uids = await eventually(lambda p=previous: (u := cluster.running("budget", 5)) and
-                                u["budget-trainer-0"] != p and u, what=f"replacement {attempt + 1}")
+        uids = await eventually(functools.partial(replaced, previous), what=f"replacement {attempt + 1}")
     await cluster.api.finish_pod(NAMESPACE, "budget-trainer-0", 1)  # the third is one too many
 
     await eventually(lambda: cluster.phase("budget") == "Failed", what="phase Failed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.operator.conftest import NAMESPACE, Cluster, Operator, eventually, manifest, quietly
+from tests.operator.conftest import JOBS_URL, NAMESPACE, Cluster, Operator, eventually, manifest, quietly
 from trainingjob_operator.api.spec import API_VERSION, KIND, spec_from_json
 
 
@@ -95,3 +95,23 @@ async def test_status_memory_is_plain_json(cluster: Cluster, operator: Operator)
     assert json.loads(json.dumps(memory)) == memory
     assert sorted(memory["createdAt"]) == ["embedding-server-0", "embedding-server-1", "sync-server-0",
                                            "trainer-0", "trainer-1"]
+
+
+async def test_a_valid_spec_update_reaches_the_configmap_without_touching_pods(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("zeta"))
+    before = await eventually(lambda: cluster.running("zeta", 5), what="5 running pods")
+
+    patch = {"spec": {"training": {"progressEverySeconds": 7.0}}}
+    async with cluster.api.patch(f"{JOBS_URL}/zeta", json=patch,
+                                 headers={"Content-Type": "application/merge-patch+json"}) as response:
+        assert response.status < 300
+
+    def spec_in_configmap() -> float:
+        config_map = next(c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "zeta-spec")
+        return spec_from_json(config_map["data"]["spec.json"]).training.progress_every_seconds
+
+    await eventually(lambda: spec_in_configmap() == 7.0, what="ConfigMap updated")
+    await quietly(0.5)
+    assert cluster.uids("zeta") == before  # running replicas keep going; replacements get the new spec

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dlrm_trainer.data import Batch, CriteoTSV, SyntheticCriteo, hash_category, write_synthetic_tsv
 
 ROWS = [1000, 50, 70_000, 3000]

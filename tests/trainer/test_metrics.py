@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from dlrm_trainer.metrics import EvalResult, StreamingEval, auc, evaluate, log_loss, normalized_entropy
 from torchmetrics.functional.classification import binary_auroc
+
+from dlrm_trainer.metrics import EvalResult, StreamingEval, auc, evaluate, log_loss, normalized_entropy
 
 
 def test_auc_hand_computed_with_ties() -> None:

@@ -50,3 +50,14 @@ def test_bad_request_is_invalid_argument_not_retried() -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         server.stop(grace=0)
+
+
+def test_stall_time_is_the_union_of_overlapping_waits() -> None:
+    from dlrm_trainer.rpc import stalled_seconds
+
+    a = Client("x", lambda: None)
+    b = Client("y", lambda: None)
+    a.stalls = [(0.0, 2.0), (5.0, 6.0)]
+    b.stalls = [(1.0, 3.0)]  # overlaps a's first wait: one outage seen by two threads
+    assert stalled_seconds([a, b]) == 4.0
+    assert a.stalled_s == 3.0

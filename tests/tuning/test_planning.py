@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 from rich.table import Table
+
 from trainingjob_operator.api.spec import RecoveryMode, TrainingJob
 from trainingjob_operator.planning import (
     ASSUMED_O_RES_S,

@@ -7,6 +7,7 @@ import itertools
 import math
 
 import pytest
+
 from trainingjob_operator.api.spec import RecoveryMode, TrainingJobSpec
 from trainingjob_operator.tuning import (
     FailureObservation,

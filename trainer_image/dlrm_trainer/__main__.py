@@ -38,7 +38,7 @@ def main() -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
-    except Exception:  # noqa: BLE001 - report and exit non-zero: the coordinator retries
+    except Exception:  # report and exit non-zero: the coordinator retries
         traceback.print_exc()
         return 1
 

@@ -65,6 +65,7 @@ Kind = Literal["full", "mfu", "ssu"]
 MANIFEST_NAME = "MANIFEST.json"
 FORMAT = "tj-checkpoint/1"
 DENSE_DIR = "dense"
+_STALLS_KEPT = 1000  # BackgroundCheckpointer keeps this many recent stall measurements
 _DIR_NAME = re.compile(r"^(\d{8})-(full|mfu|ssu|dense)$")
 
 
@@ -199,6 +200,8 @@ def snapshot(
 ) -> SnapshotData:
     """Copy the selected rows (weights + Adagrad state) under ``lock`` and reset their access counters.
 
+    ``rows_per_table`` holds sorted, unique shard-local indices per table (what :func:`select_rows` returns).
+
     The lock is held for the copies only: this is the training stall ``o_save`` (``stall_s``). The
     counters of the saved rows are zeroed in the same critical section, so they mean "updates since
     this row was last saved" [I]: rows that were accessed but not saved keep counting and rise in the
@@ -206,14 +209,24 @@ def snapshot(
     """
     with lock:
         start = time.perf_counter()
-        weights = [w.index_select(0, r) for w, r in zip(tables.weights, rows_per_table, strict=True)]
-        adagrad = [a.index_select(0, r) for a, r in zip(tables.adagrad, rows_per_table, strict=True)]
+        weights = [_copy_rows(w, r) for w, r in zip(tables.weights, rows_per_table, strict=True)]
+        adagrad = [_copy_rows(a, r) for a, r in zip(tables.adagrad, rows_per_table, strict=True)]
         for access, r in zip(tables.access, rows_per_table, strict=True):
-            pass
+            if r.numel() == access.shape[0]:
+                access.zero_()
+            else:
+                access.index_fill_(0, r, 0)
         stall_s = time.perf_counter() - start
     dim = int(tables.weights[0].shape[1]) if tables.weights else 0
     return SnapshotData([r.clone() for r in rows_per_table], weights, adagrad,
                         [int(w.shape[0]) for w in tables.weights], dim, stall_s, time.time())
+
+
+def _copy_rows(source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``source[rows]``; every row (``rows`` being sorted and unique, as :func:`select_rows` returns them)
+    is a plain clone, which is two orders of magnitude faster than ``index_select`` over ``arange`` on CPU
+    and keeps full saves' stall short."""
+    return source.clone() if rows.numel() == source.shape[0] else source.index_select(0, rows)
 
 
 # -- manifest -------------------------------------------------------------------------------------------
@@ -450,8 +463,9 @@ def _table_payloads(snap: SnapshotData, kind: str) -> list[_Payload]:
         tensors = {"weights": w.contiguous(), "adagrad": a.contiguous()}
         if kind != "full":
             tensors["rows"] = rows.to(torch.int64).contiguous()
-        elif rows.numel() != snap.table_rows[t]:
-            raise ValueError(f"table {t}: a full save needs all {snap.table_rows[t]} rows, got {rows.numel()}")
+        elif not torch.equal(rows, torch.arange(snap.table_rows[t], dtype=rows.dtype)):
+            # A full file has no ``rows`` tensor: its order must be 0..n-1, or a restore would scramble rows.
+            raise ValueError(f"table {t}: a full save needs rows 0..{snap.table_rows[t] - 1} in order")
         payloads.append((f"table-{t}.safetensors", tensors, t))
     return payloads
 
@@ -496,6 +510,8 @@ class BackgroundCheckpointer:
     Each cycle: pick the kind (:func:`choose_kind`), rank rows from a lock-free copy of the access
     counters, :func:`snapshot` under the shard lock (the only stall), write with ``writer`` in this
     thread. The next cycle starts only after the write, so saves never pile up (CheckFreq's rule).
+    Saves start ``interval_source()`` seconds apart; the interval is re-read every ``reread_s`` while
+    waiting, so a re-planned (shorter) interval takes effect without waiting out the old one.
     A failed save (e.g. :class:`StorageError`) is counted, reported through ``on_error`` and the stats,
     and makes the next save full: the failed snapshot already reset counters of rows that are now
     in no checkpoint, so the next partial could not be trusted to contain them.
@@ -503,8 +519,9 @@ class BackgroundCheckpointer:
 
     def __init__(self, shard: LockedShard, writer: SnapshotWriter, spec: CheckpointSpec,
                  interval_source: Callable[[], float], progress: Callable[[], int],
-                 on_error: Callable[[Exception], None] | None = None, seed: int = 0) -> None:
+                 on_error: Callable[[Exception], None] | None = None, seed: int = 0, reread_s: float = 5.0) -> None:
         self.shard = shard
+        self.reread_s = reread_s
         self.writer = writer
         self.spec = spec
         self.interval_source = interval_source
@@ -556,11 +573,16 @@ class BackgroundCheckpointer:
         return value if value > 0 and math.isfinite(value) else fallback
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self._stopping:
-            self._wake.wait(self._interval())
+            due_in = last + self._interval() - time.monotonic()
+            if due_in > 0 and not self._wake.wait(min(due_in, self.reread_s)):
+                continue  # not due yet: re-read the interval
             self._wake.clear()
-            if not self._stopping:
-                self.save_once()
+            if self._stopping:
+                break
+            last = time.monotonic()
+            self.save_once()
         if self._final:
             self.save_once()
 
@@ -581,7 +603,7 @@ class BackgroundCheckpointer:
             with self._stats_lock:
                 self._stats.saves += 1
                 self._stats.last = info
-                self._stats.stall_s.append(snap.stall_s)
+                self._stats.stall_s = [*self._stats.stall_s[-(_STALLS_KEPT - 1):], snap.stall_s]
                 self._stats.bytes_written += info.bytes
             return info
 

@@ -97,7 +97,7 @@ class RemoteEmbeddings:
         for client, future, (positions, ids, counts) in zip(self.clients, futures, groups, strict=True):
             try:
                 reply = future.result()
-            except Exception:  # noqa: BLE001 - shard unavailable: wait for its replacement (bounded)
+            except Exception:  # shard unavailable: wait for its replacement (bounded)
                 reply = client.call("Lookup", Message({"ids": ids, "counts": counts}))
             rows[positions] = reply.tensors["rows"]
         leaf = rows.to(device).requires_grad_(True)
@@ -124,5 +124,5 @@ class RemoteEmbeddings:
         for client, future, message in pending:
             try:
                 future.result()
-            except Exception:  # noqa: BLE001 - shard being replaced: retry until its deadline
+            except Exception:  # shard being replaced: retry until its deadline
                 client.call("Update", message)

@@ -6,8 +6,8 @@ import logging
 import resource
 import time
 
-from dlrm_trainer import embedding_server, sync_server
-from dlrm_trainer.rpc import Client
+from dlrm_trainer import checkpoint, embedding_server, sync_server
+from dlrm_trainer.rpc import Client, stalled_seconds
 from dlrm_trainer.runtime import Heartbeat, ReplicaEnv, coordination, endpoint, stop_event_on_signals
 from trainingjob_operator.api.spec import Role
 from trainingjob_operator.coordination import Coordination
@@ -33,15 +33,68 @@ def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, port: int, stop_
     return 0
 
 
+def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_server.ShardTables) -> None:
+    """Load this shard's latest intact checkpoint (CPR: only the failed shard reloads) and count the
+    samples whose updates to this shard were lost since that checkpoint (PLS)."""
+    spec = renv.spec
+    report = checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord)
+    trained = coord.total_samples(spec.replicas.trainer.replicas)
+    lost = 0
+    full_recovery = coord.r.get(coord.key("recovery_mode")) == "full"
+    if trained > 0 and not full_recovery:  # a replacement mid-job: updates since the restored state are gone
+        restored_at = report.progress or 0
+        lost = max(0, trained - restored_at) // spec.replicas.embedding_server.replicas
+        coord.add_lost_samples(lost)
+    coord.record_recovery(renv.name, renv.instance, loaded=list(report.loaded), lost_samples=lost,
+                          description=report.describe(), fallback=bool(report.skipped), duration_s=report.duration_s,
+                          samples_at_start=trained, restored_progress=report.progress)
+    log.info("%s: %s; %d samples' updates lost", renv.name, report.describe(), lost)
+
+
 def run_embedding_server(renv: ReplicaEnv) -> int:
     spec = renv.spec
     coord = coordination(renv)
     num_shards = spec.replicas.embedding_server.replicas
     tables = embedding_server.ShardTables.initialise(
         spec.model.rows(), spec.model.embedding_dim, num_shards, renv.rank, spec.data.seed)
+    restore_shard(renv, coord, tables)
     shard = embedding_server.EmbeddingShard(tables, num_shards, renv.rank, spec.training.embedding_learning_rate)
+    trainers = spec.replicas.trainer.replicas
+
+    def on_error(error: Exception) -> None:
+        log.error("%s: checkpoint failed, training continues: %s", renv.name, error)
+        coord.set_checkpoint_error(renv.rank, str(error))
+
+    writer = checkpoint.CheckpointWriter(renv.checkpoint_dir, renv.rank, _LoggingCoordination(coord, renv.rank))
+    saver = checkpoint.BackgroundCheckpointer(
+        shard, writer, spec.recovery.checkpoint, checkpoint.tuned_interval(spec.recovery.checkpoint, coord),
+        progress=lambda: coord.total_samples(trainers), on_error=on_error, seed=spec.data.seed + renv.rank,
+    ).start()
     server = embedding_server.serve(shard, host="0.0.0.0")
-    return _serve_until_stopped(renv, coord, server.port, server.stop)
+
+    def stop() -> None:
+        saver.stop(final=False, timeout_s=10)
+        server.stop()
+
+    return _serve_until_stopped(renv, coord, server.port, stop)
+
+
+class _LoggingCoordination:
+    """The checkpoint writer's view of Redis, plus a log of every save (for plots and the summary)."""
+
+    def __init__(self, coord: Coordination, shard: int) -> None:
+        self.coord, self.shard = coord, shard
+
+    def record_cost(self, name: str, seconds: float) -> None:
+        self.coord.record_cost(name, seconds)
+
+    def interval(self) -> float | None:
+        return self.coord.interval()
+
+    def set_checkpoint_pointer(self, shard: int, pointer: dict) -> None:  # type: ignore[type-arg]
+        self.coord.set_checkpoint_pointer(shard, pointer)
+        self.coord.set_checkpoint_error(shard, None)
+        self.coord.log_checkpoint(**{**pointer, "shard": shard, "logged_at": time.time()})
 
 
 def run_sync_server(renv: ReplicaEnv) -> int:
@@ -49,8 +102,21 @@ def run_sync_server(renv: ReplicaEnv) -> int:
     coord = coordination(renv)
     service = sync_server.SyncService(spec.replicas.trainer.replicas, spec.training.sync.block_momentum,
                                       spec.training.sync.block_learning_rate)
+    if spec.recovery.mode.value == "full" and coord.total_samples(spec.replicas.trainer.replicas) > 0:
+        # Full recovery rolls the dense copy back too; partial recovery re-seeds from a live trainer.
+        dense = checkpoint.load_dense(renv.checkpoint_dir)
+        if dense.flat is not None:
+            service.state.center = dense.flat
+        log.info("sync-server: dense checkpoint %s", dense.id or "none")
+    saver = sync_server.DenseCheckpointer(service, renv.checkpoint_dir, checkpoint.tuned_interval(
+        spec.recovery.checkpoint, coord), lambda: coord.total_samples(spec.replicas.trainer.replicas)).start()
     server = sync_server.serve(service, host="0.0.0.0")
-    return _serve_until_stopped(renv, coord, server.port, server.stop)
+
+    def stop() -> None:
+        saver.stop()
+        server.stop()
+
+    return _serve_until_stopped(renv, coord, server.port, stop)
 
 
 def _resolver(coord: Coordination, role: Role, rank: int):  # type: ignore[no-untyped-def]
@@ -100,7 +166,9 @@ def run_trainer(renv: ReplicaEnv) -> int:
         log.info("trainer-%d resuming at batch %d", renv.rank, previous.cursor)
     stats = trainer.train(previous.cursor if resumed and previous else 0,
                           previous.samples if resumed and previous else 0)
-    result = {"rank": renv.rank, "device": str(device), **stats}
+    result = {"rank": renv.rank, "device": str(device), **stats,
+              "stalled_on_embedding_servers_s": round(stalled_seconds(emb_clients), 3),
+              "stalled_on_sync_server_s": round(sync_client.stalled_s, 3)}
     evaluation = trainer.evaluate(spec.data.eval_samples)
     result["eval_samples"] = evaluation.pop("samples")
     result.update(evaluation)

@@ -96,6 +96,18 @@ def _wrap(fn: Handler) -> Callable[[Message, grpc.ServicerContext], Message]:
     return handler
 
 
+def stalled_seconds(clients: list[Client]) -> float:
+    """Wall-clock time during which any call of these clients waited for a peer: the union of the
+    waits, so two threads stalled on the same outage count once."""
+    spans = sorted(span for c in clients for span in c.stalls)
+    total, end = 0.0, float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
 class Client:
     """Calls one server. ``resolve`` re-reads the endpoint (from Redis) after the peer was replaced."""
 
@@ -107,7 +119,7 @@ class Client:
         self._channel: grpc.Channel | None = None
         self._stale = True
         self.reconnects = 0
-        self.stalled_s = 0.0  # time spent waiting for an unavailable peer
+        self.stalls: list[tuple[float, float]] = []  # (start, end) of waits for an unavailable peer
 
     def _connect(self) -> grpc.Channel:
         if not self._stale and self._channel is not None:
@@ -139,7 +151,7 @@ class Client:
                 remaining = max(0.1, deadline - time.monotonic())
                 response: Message = self._callable(method)(request, timeout=min(remaining, 30.0))
                 if first_failure is not None:
-                    self.stalled_s += time.monotonic() - first_failure
+                    self.stalls.append((first_failure, time.monotonic()))
                 return response
             except (grpc.RpcError, ConnectionError) as exc:
                 code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
@@ -153,6 +165,10 @@ class Client:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self._stale = True  # resolve again: the peer may have been replaced
+
+    @property
+    def stalled_s(self) -> float:
+        return stalled_seconds([self])
 
     def call_async(self, method: str, request: Message) -> grpc.Future:
         """Fire without retries (the caller falls back to ``call`` on failure)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from pydantic import ValidationError
+
 from trainingjob_operator.api.spec import Role, TrainingJobSpec, spec_from_json
 from trainingjob_operator.coordination import Coordination
 
@@ -84,7 +85,8 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
         host=env.get("POD_IP") or "127.0.0.1",
         instance=env.get("TJ_INSTANCE") or str(os.getpid()),
         generation=int(env.get("TJ_GENERATION", "0") or 0),
-        checkpoint_dir=Path(env.get("TJ_CHECKPOINT_DIR") or spec.recovery.checkpoint.storage or f"runs/{job}/checkpoints"),
+        checkpoint_dir=Path(
+            env.get("TJ_CHECKPOINT_DIR") or spec.recovery.checkpoint.storage or f"runs/{job}/checkpoints"),
     )
 
 
@@ -104,7 +106,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.period):
             try:
                 self.coord.heartbeat(self.renv.role.value, self.renv.rank)
-            except Exception:  # noqa: BLE001 - Redis down: keep trying, the client retries too
+            except Exception:  # Redis down: keep trying, the client retries too
                 continue
 
     def stop(self) -> None:

@@ -6,12 +6,19 @@ exchanges with it (ARCHITECTURE.md §4).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from dlrm_trainer import sync_algorithms as algo
+from dlrm_trainer.checkpoint import save_dense
 from dlrm_trainer.rpc import Message, Server
+
+log = logging.getLogger("dlrm_trainer.sync_server")
 
 SERVICE = "tj.SyncServer"
 STALENESS_S = 10.0  # a trainer silent this long no longer counts toward MA/BMUF averages
@@ -47,6 +54,34 @@ class SyncService:
             center = self.state.center
             return Message({"center": center.clone()} if center is not None else {},
                            {"seeded": center is not None})
+
+
+class DenseCheckpointer(threading.Thread):
+    """Saves the central copy at the checkpoint interval: full recovery rolls it back to this."""
+
+    def __init__(self, service: SyncService, root: Path, interval: Callable[[], float],
+                 progress: Callable[[], int]) -> None:
+        super().__init__(name="dense-checkpoint", daemon=True)
+        self.service, self.root, self.interval, self.progress = service, root, interval, progress
+        self.stopped = threading.Event()
+
+    def start(self) -> DenseCheckpointer:  # type: ignore[override]
+        super().start()
+        return self
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval()):
+            with self.service.state.lock:
+                center = None if self.service.state.center is None else self.service.state.center.clone()
+            if center is None:
+                continue
+            try:
+                save_dense(self.root, center, self.progress())
+            except Exception as exc:  # storage trouble must not stop the sync server
+                log.error("dense checkpoint failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def serve(service: SyncService, host: str = "0.0.0.0", port: int = 0) -> Server:

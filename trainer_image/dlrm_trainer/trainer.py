@@ -144,7 +144,7 @@ class Trainer:
             started = time.monotonic()
             try:
                 self.exchange()
-            except Exception as exc:  # noqa: BLE001 - sync server down: training goes on, retry later
+            except Exception as exc:  # sync server down: training goes on, retry later
                 log.warning("shadow sync failed: %s", exc)
             self.stop.wait(max(0.0, period - (time.monotonic() - started)))
 
@@ -202,10 +202,15 @@ class Trainer:
             shadow.start()
         for t in threads:
             t.start()
+        every = spec.training.eval_every_samples
+        next_eval = (self.counters.samples // every + 1) * every if every else None
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(timeout=spec.training.progress_every_seconds)
             self._report(reader, started)
+            if next_eval is not None and every and self.rank == 0 and self.counters.samples >= next_eval:
+                next_eval = (self.counters.samples // every + 1) * every
+                self._curve_point()
         self.stop.set()
         if shadow is not None:
             shadow.join()
@@ -223,6 +228,15 @@ class Trainer:
             "sync_gap_steps": self.counters.steps / max(1, self.counters.syncs), "cursor": reader.cursor,
             "loss": self.counters.loss_ema,
         }
+
+    def _curve_point(self) -> None:
+        """One point of the learning curve, measured while the workers keep training."""
+        try:
+            result = self.evaluate(self.spec.training.eval_curve_samples)
+            total = self.coord.total_samples(self.trainers)
+            self.coord.log_curve_point(samples=total, auc=result["auc"], time=time.time())
+        except Exception as exc:  # a shard being replaced: skip this point, training goes on
+            log.warning("curve evaluation skipped: %s", exc)
 
     @torch.no_grad()
     def evaluate(self, samples: int) -> dict:

@@ -175,6 +175,9 @@ class TrainingSpec(ApiModel):
         default="auto", description="Where the dense part runs; auto uses CUDA when a GPU is present."
     )
     progress_every_seconds: float = Field(default=1.0, gt=0.0, le=600.0)
+    eval_every_samples: int | None = Field(
+        default=None, ge=1, description="Trainer 0 measures held-out AUC this often (for learning curves).")
+    eval_curve_samples: int = Field(default=16_384, ge=1, description="Held-out samples per curve point.")
     torch_threads: int = Field(default=1, ge=1, le=256, description="Intra-op threads per process.")
 
 

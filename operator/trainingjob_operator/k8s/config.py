@@ -39,6 +39,9 @@ class OperatorConfig:
     tick_s: float = 2.0
     """Every job is reconciled at least this often (heartbeats, Redis); pod events wake it at once."""
 
+    progress_every_s: float = 5.0
+    """Read trainer progress, lost samples and checkpoint pointers from Redis this often."""
+
     tune_every_s: float = 30.0
     """Re-plan the checkpoint interval this often, and after every failure."""
 

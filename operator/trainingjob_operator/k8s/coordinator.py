@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
@@ -70,7 +71,6 @@ JobKey = tuple[str, str]  # (namespace, name)
 T = TypeVar("T")
 
 HUNG_REASONS = frozenset({"HeartbeatTimeout", "NoHeartbeat"})  # alive but silent: no grace period
-PROGRESS_EVERY_S = 5.0  # progress, PLS and checkpoint pointers change slowly
 
 
 # --- shared by every job of one operator ----------------------------------------------------------
@@ -207,6 +207,7 @@ class JobCoordinator:
         self.heartbeats: HeartbeatSnapshot | None = None
         self.view: RedisView | None = None
         self.plan: tuning.IntervalDecision | None = None
+        self._tuning: asyncio.Task[None] | None = None
         self.next_refresh_at = 0.0
         self.next_progress_at = 0.0
         self.next_tune_at = 0.0
@@ -238,6 +239,8 @@ class JobCoordinator:
                         await self._wake.wait()
                 self._wake.clear()
         finally:
+            if self._tuning is not None:
+                self._tuning.cancel()
             self.exited.set()
 
     def _deleting(self) -> bool:
@@ -249,7 +252,7 @@ class JobCoordinator:
             self.job, self.redis_url = resources.admit(self.body, self.ctx.config.default_redis_url)
         except ManifestError:
             return False  # the validation handler reports it; nothing to coordinate
-        self._spec_raw = self.body.get("spec")
+        self._spec_raw = copy.deepcopy(self.body.get("spec"))
         self.coord = self.ctx.coordination(self.redis_url, *self.key)
         status = self.body.get("status") or {}
         self.written = {k: v for k, v in status.items() if k in OWNED_KEYS}
@@ -261,6 +264,8 @@ class JobCoordinator:
             # A brand-new job: drop what an earlier job of the same name left in Redis.
             await self._redis(lambda c: c.clear())
         await self._ensure_children()
+        await self._tune(self.clock())  # before the first step: ``auto`` needs a mode to start with
+        self.next_tune_at = self.clock() + self.ctx.config.tune_every_s
         return True
 
     async def _ensure_children(self) -> None:
@@ -282,7 +287,7 @@ class JobCoordinator:
         self.memory = await self._apply(decision, observed)
         self._track_replacements(observed)
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
-            await self._tune(now)
+            self._start_tuning(now)
         await self._report(dataclasses.replace(decision, memory=self.memory))
         self.done = self.memory.phase.finished and not decision.actions and not any(
             o.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not o.deleting for o in observed.values())
@@ -299,7 +304,7 @@ class JobCoordinator:
         raw = self.body.get("spec")
         if raw == self._spec_raw:
             return
-        self._spec_raw = raw
+        self._spec_raw = copy.deepcopy(raw)
         try:
             job, url = resources.admit(self.body, self.ctx.config.default_redis_url)
         except ManifestError as e:
@@ -409,11 +414,17 @@ class JobCoordinator:
         spec = self.job.spec
         self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))
         if now >= self.next_progress_at:
-            self.next_progress_at = now + PROGRESS_EVERY_S
+            self.next_progress_at = now + self.ctx.config.progress_every_s
             self.view = await self._redis(lambda c: read_progress(c, spec)) or self.view
 
-    async def _tune(self, now: float) -> None:
+    def _start_tuning(self, now: float) -> None:
+        """Re-plan in the background: a failure's replacement must not wait for Redis reads."""
+        if self._tuning is not None and not self._tuning.done():
+            return
         self.next_tune_at = now + self.ctx.config.tune_every_s
+        self._tuning = asyncio.get_running_loop().create_task(self._tune(now))
+
+    async def _tune(self, now: float) -> None:
         spec, started, view = self.job.spec, self.memory.start_time or now, self.view
         try:
             plan = await self._redis(lambda c: plan_interval(c, spec, started, now, view))
@@ -422,10 +433,11 @@ class JobCoordinator:
             return
         if plan is not None:
             previous = self.plan
+            self.plan = plan
             if previous is None or (plan.interval_s, plan.mode_chosen) != (previous.interval_s, previous.mode_chosen):
                 self.log.info("interval planned", interval_s=round(plan.interval_s, 3), mode=plan.mode_chosen,
                               reason=plan.reason)
-            self.plan = plan
+                self.poke()  # report it
 
     # --- status -----------------------------------------------------------------------------------
     async def _report(self, decision: Decision) -> None:

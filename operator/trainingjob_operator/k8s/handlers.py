@@ -16,6 +16,12 @@ Run it with ``trainingjob operator`` (``main.run_operator``) or plainly with
   A real cluster's garbage collector would do the Kubernetes part through ownerReferences; doing
   it here makes deletion immediate and works where there is no GC (the test emulator).
 
+Why a daemon per job rather than a kopf timer: a timer cannot be woken early, so a failed pod would
+wait for the next interval, and reconciling from the pod-event handler as well would run two steps
+of one job at once. The daemon is the job's single writer: it steps at once when ``pod_changed``
+pokes it and at least every ``tick_s`` otherwise (heartbeats), and it exits once the job is
+finished and quiet, so finished jobs cost nothing.
+
 Kopf's daemons keep a finalizer on every TrainingJob while the operator runs: delete the
 TrainingJobs before uninstalling the operator, or they stay until it is back.
 """
@@ -95,8 +101,9 @@ def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_via_client(**kwargs)
 
 
+# Pod handlers are async on purpose: kopf runs sync handlers in a thread pool, one hop per event.
 @kopf.index("v1", "pods", labels=JOB_PODS)
-def tj_pods(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def tj_pods(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """(namespace, job) -> ObservedReplica, only for pods named as the operator names them."""
     job = labels[resources.LABEL_JOB]
     if namespace is None:
@@ -108,7 +115,7 @@ def tj_pods(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Bo
 
 
 @kopf.on.event("v1", "pods", labels=JOB_PODS)
-def pod_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     coordinator = context_of(memo).jobs.get(job_key(namespace, labels[resources.LABEL_JOB]))
     if coordinator is not None:
         coordinator.poke()

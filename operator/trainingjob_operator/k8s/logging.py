@@ -19,6 +19,15 @@ import structlog
 _QUIET = {"aiohttp.access": logging.WARNING, "kopf._core.engines.peering": logging.WARNING}
 
 
+class _WithoutRoutineSuccesses(logging.Filter):
+    """kopf logs every handler's success at INFO; for per-pod-event handlers that is pure noise."""
+
+    NOISY = ("Handler 'pod_changed' succeeded.",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage() in self.NOISY)
+
+
 def _lift_k8s_ref(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     record = event_dict.get("_record")
     ref = getattr(record, "k8s_ref", None)
@@ -49,6 +58,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_WithoutRoutineSuccesses())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

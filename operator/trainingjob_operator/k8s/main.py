@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import threading
 from typing import Any
 
 import kopf
@@ -33,8 +34,8 @@ def operator_kwargs(config: OperatorConfig) -> dict[str, Any]:
 async def serve(
     config: OperatorConfig,
     *,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
     liveness_endpoint: str | None = None,
     memo: kopf.Memo | None = None,
 ) -> None:

@@ -201,7 +201,8 @@ def plan_injections(
 def _plan_scheduled(item: ScheduledItem, replicas: Mapping[str, int]) -> Injection:
     count = replicas.get(item.role, 0)
     if not 0 <= item.rank < count:
-        have = f"{count} replica{'s' if count != 1 else ''}" + (f" (ranks 0-{count - 1})" if count else "")
+        ranks = {0: "", 1: " (rank 0)"}.get(count, f" (ranks 0-{count - 1})")
+        have = f"{count} replica{'' if count == 1 else 's'}{ranks}"
         raise InjectionSpecError(item.text, f"rank {item.rank} out of range, {item.role} has {have}")
     return Injection(item.time_s, item.role, item.rank, item.signal)
 

@@ -7,7 +7,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from trainingjob_operator.local.supervisor import Snapshot
 
@@ -28,7 +28,7 @@ class ProgressDisplay:
         self.line_every_s = line_every_s
         self._last_line = 0.0
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.console.is_terminal:

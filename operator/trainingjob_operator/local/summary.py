@@ -10,6 +10,7 @@ from typing import Any
 
 from trainingjob_operator.api.spec import TrainingJob
 from trainingjob_operator.local.processes import Incarnation
+from trainingjob_operator.local.recovery import FailureRecord
 
 SCHEMA_VERSION = 1
 
@@ -20,9 +21,10 @@ def _mean(values: list[float]) -> float | None:
 
 def build_summary(
     *, job: TrainingJob, status: str, started: float, ended: float, results: dict[int, dict[str, Any]],
-    history: dict[str, list[Incarnation]], restarts: dict[str, int], failures: list[Any],
-    conditions: list[dict[str, Any]], lost_samples: int,
+    history: dict[str, list[Incarnation]], restarts: dict[str, int], failures: list[FailureRecord],
+    conditions: list[dict[str, Any]], lost_samples: int, recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    recovery = dict(recovery or {})
     trainers = [results[r] for r in sorted(results)]
     trained = sum(int(t.get("trained_samples", 0)) for t in trainers)
     train_wall = max((float(t.get("wall_seconds", 0.0)) for t in trainers), default=0.0)
@@ -37,6 +39,16 @@ def build_summary(
             "pids": [dataclasses.asdict(i) for i in incarnations], "peak_rss_mb": round(peak, 1),
         })
     samples = sum(int(t.get("samples", 0)) for t in trainers)
+    n_emb = job.spec.replicas.embedding_server.replicas
+    stalls = [float(s) for s in recovery.pop("o_save_s", [])]
+    checkpoint = {
+        "saves": len(recovery.get("checkpoints", [])),
+        "stall_seconds_total": round(sum(stalls), 3),
+        # Each shard stalls only its own RPCs; per-shard stall time over training time.
+        "overhead_fraction": round(sum(stalls) / n_emb / train_wall, 5) if train_wall > 0 else None,
+        "o_load_s": recovery.pop("o_load_s", []),
+        "errors": recovery.pop("checkpoint_errors", {}),
+    }
     return {
         "schemaVersion": SCHEMA_VERSION,
         "job": job.name,
@@ -59,8 +71,12 @@ def build_summary(
         },
         "peak_rss_mb_by_role": {k: round(v, 1) for k, v in sorted(peak_by_role.items())},
         "replicas": replicas,
-        "failures": [dataclasses.asdict(f) if dataclasses.is_dataclass(f) else f for f in failures],
+        "failures": [dataclasses.asdict(f) for f in failures],
         "lost_samples": lost_samples,
+        "pls": round(lost_samples / samples, 6) if samples else None,
+        "restarts": {f"{r['role']}-{r['rank']}": r["restarts"] for r in replicas},
+        "checkpoint": checkpoint,
+        "recovery": recovery,
         "conditions": conditions,
         "trainers": trainers,
     }

@@ -23,7 +23,9 @@ import psutil
 from trainingjob_operator.api.spec import Role, TrainingJob
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.local.injection import Injection, due
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, spawn
+from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker, measurements, replan, rollback_cursor
 from trainingjob_operator.local.redis_server import EmbeddedRedis
 from trainingjob_operator.reconcile import (
     CreateReplica,
@@ -48,17 +50,8 @@ class RunOptions:
     poll_s: float = 0.2
     grace_s: float = 5.0  # SIGTERM -> SIGKILL
     extra_env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class FailureLog:
-    role: str
-    rank: int
-    reason: str
-    time_s: float  # seconds since the job started
-    exit_code: int | None
-    generation: int
-    mode: str
+    injections: list[Injection] = field(default_factory=list)  # --inject-failures, planned
+    replan_every_s: float = 5.0
 
 
 @dataclass
@@ -87,7 +80,10 @@ class LocalSupervisor:
         self.on_tick = on_tick
         self.processes: dict[str, ReplicaProcess] = {}
         self.history: dict[str, list[Incarnation]] = {rid.name: [] for rid in desired_replicas(self.spec)}
-        self.failures: list[FailureLog] = []
+        self.tracker = RecoveryTracker(injections=sorted(self.options.injections, key=lambda i: i.time_s))
+        self.mode = "full" if self.spec.recovery.mode.value == "full" else "partial"
+        self._rollback: tuple[int, int] | None = None
+        self._last_replan = 0.0
         self.memory = JobMemory()
         self.started = time.time()
         self.coord: Coordination | None = None
@@ -143,6 +139,10 @@ class LocalSupervisor:
         for action in actions:
             if isinstance(action, CreateReplica):
                 name = action.id.name
+                if action.id.role is Role.TRAINER and action.reason == "Replacement" and self._rollback is not None:
+                    assert self.coord is not None
+                    cursor, samples = self._rollback
+                    self.coord.set_trainer_cursor(action.id.rank, cursor, samples)
                 proc = spawn(name, self.replica_env(action.id, action.generation),
                              self.workdir / "logs" / f"{name}.log")
                 self.processes[name] = proc
@@ -157,13 +157,23 @@ class LocalSupervisor:
 
     def record_failure(self, failure: FailureEvent, generation: int, mode: str) -> None:
         assert self.coord is not None
-        entry = FailureLog(failure.id.role.value, failure.id.rank, failure.reason, failure.time - self.started,
-                           failure.exit_code, generation, mode)
-        self.failures.append(entry)
+        detected = failure.time - self.started
+        injected = self.tracker.injection_for(failure.id.name, detected)
+        samples = self.coord.total_samples(self.spec.replicas.trainer.replicas)
+        entry = FailureRecord(
+            failure.id.role.value, failure.id.rank, failure.reason, round(detected, 3), failure.exit_code, generation,
+            mode, failure.instance, injected_at_s=None if injected is None else round(injected, 3),
+            detected_after_s=None if injected is None else round(detected - injected, 3), samples_at_failure=samples)
+        self.tracker.failures.append(entry)
         self.coord.set_generation(generation)
         self.coord.log_failure(role=entry.role, rank=entry.rank, reason=entry.reason, time=failure.time,
                                exit_code=entry.exit_code, generation=generation, mode=mode)
+        if mode == "full":
+            pointers = [self.coord.checkpoint_pointer(s) for s in range(self.spec.replicas.embedding_server.replicas)]
+            self._rollback = rollback_cursor([p.get("progress") if p else None for p in pointers],
+                                             self.spec.replicas.trainer.replicas, self.spec.data.batch_size)
         log.warning("%s failed (%s); %s recovery, generation %d", failure.id.name, failure.reason, mode, generation)
+        self._last_replan = 0.0  # re-plan after every failure
 
     def reap(self) -> None:
         """Forget processes that exited after we stopped them: the core then sees them missing."""
@@ -186,12 +196,52 @@ class LocalSupervisor:
                 p.popen.wait(2)
             p.poll()
 
+    # --- failure injection, recovery timings, interval tuning -------------------------------
+    def inject_due(self, elapsed: float) -> None:
+        for injection in due(self.tracker.injections, elapsed, len(self.tracker.injected)):
+            self.tracker.injected.append((elapsed, injection))
+            proc = self.processes.get(f"{injection.role}-{injection.rank}")
+            if proc is None or proc.poll() is not None:
+                log.warning("injection %s: replica not running", injection)
+                continue
+            os.kill(proc.pid, signal.SIGKILL if injection.signal == "KILL" else signal.SIGSTOP)
+            log.warning("injected SIG%s into %s-%d (pid %d)", injection.signal, injection.role, injection.rank,
+                        proc.pid)
+
+    def note_recoveries(self, observed: dict[ReplicaId, ObservedReplica], elapsed: float) -> None:
+        for record in self.tracker.pending():
+            obs = observed.get(ReplicaId.parse(record.name))
+            if obs is None or obs.instance == record.failed_instance or obs.heartbeat_at is None:
+                continue
+            start = record.injected_at_s if record.injected_at_s is not None else record.time_s
+            record.recovered_after_s = round(elapsed - start, 3)
+
+    def replan(self, elapsed: float) -> None:
+        assert self.coord is not None
+        if time.monotonic() - self._last_replan < self.options.replan_every_s:
+            return
+        self._last_replan = time.monotonic()
+        o_res = [f.recovered_after_s for f in self.tracker.failures if f.recovered_after_s is not None]
+        measured = measurements(self.coord.costs("o_save"), self.coord.costs("o_load"), o_res, None)
+        decision = replan(self.spec, measured, self.tracker.failures, elapsed, self.coord.lost_samples(),
+                          self.coord.total_samples(self.spec.replicas.trainer.replicas))
+        if self.spec.recovery.checkpoint.interval_seconds is None:
+            self.coord.set_interval(decision.interval_s)
+        if self.spec.recovery.mode.value == "auto":
+            self.mode = decision.mode_chosen
+        self.coord.r.set(self.coord.key("recovery_mode"), self.mode)
+        self.tracker.note_interval(elapsed, decision)
+
     # --- the loop --------------------------------------------------------------------------
     def tick(self) -> None:
         now = time.time()
+        elapsed = now - self.started
+        self.inject_due(elapsed)
         self.reap()
         observed = self.observe()
-        decision = reconcile(self.spec, observed, self.memory, now, self.recovery_mode())
+        self.note_recoveries(observed, elapsed)
+        self.replan(elapsed)
+        decision = reconcile(self.spec, observed, self.memory, now, self.mode)
         self.memory = decision.memory
         self.apply(decision.actions, now)
         # A replica that exited on its own and is being replaced needs no grace period.
@@ -200,9 +250,6 @@ class LocalSupervisor:
                     and p.poll() is not None:
                 del self.processes[action.id.name]
         self._sample_memory()
-
-    def recovery_mode(self) -> str:
-        return "full" if self.spec.recovery.mode.value == "full" else "partial"
 
     def snapshot(self) -> Snapshot:
         assert self.coord is not None
@@ -266,17 +313,30 @@ class LocalSupervisor:
 
         results: dict[int, dict[str, Any]] = {}
         lost = 0
+        recovery: dict[str, Any] = self.tracker.to_summary()
         if self.coord is not None:
             with contextlib.suppress(Exception):
                 for rank in range(self.spec.replicas.trainer.replicas):
                     if (r := self.coord.result(rank)) is not None:
                         results[rank] = r
                 lost = self.coord.lost_samples()
+                for record in self.tracker.failures:
+                    replacements = {k: v for k, v in self.coord.recoveries(record.name).items()
+                                    if k != record.failed_instance}
+                    if replacements:
+                        latest = max(replacements.values(), key=lambda v: v["time"])
+                        record.lost_samples = latest.get("lost_samples")
+                        record.restored = latest.get("description")
+                    elif record.role != Role.EMBEDDING_SERVER.value and record.mode == "partial":
+                        record.lost_samples = 0  # trainers re-read in-flight batches; the sync server re-seeds
+                recovery.update(checkpoints=self.coord.checkpoints(), o_save_s=self.coord.costs("o_save"),
+                                o_load_s=self.coord.costs("o_load"), checkpoint_errors=self.coord.checkpoint_errors(),
+                                curve=self.coord.curve(), mode=self.mode)
         status = "Interrupted" if self.interrupted else self.memory.phase.value
         return build_summary(
             job=self.job, status=status, started=self.started, ended=time.time(), results=results,
-            history=self.history, restarts=dict(self.memory.restarts), failures=self.failures,
-            conditions=[c.to_wire() for c in self.memory.conditions], lost_samples=lost,
+            history=self.history, restarts=dict(self.memory.restarts), failures=self.tracker.failures,
+            conditions=[c.to_wire() for c in self.memory.conditions], lost_samples=lost, recovery=recovery,
         )
 
 
