@@ -29,6 +29,7 @@ class FailureRecord:
     lost_samples: int | None = None
     restored: str | None = None  # what the replacement loaded (checkpoint id, fallbacks)
     samples_at_failure: int = 0
+    rolled_back_samples: int = 0  # full recovery: samples trained again after the rollback
 
     @property
     def name(self) -> str:

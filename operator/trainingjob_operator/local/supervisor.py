@@ -172,6 +172,7 @@ class LocalSupervisor:
             pointers = [self.coord.checkpoint_pointer(s) for s in range(self.spec.replicas.embedding_server.replicas)]
             self._rollback = rollback_cursor([p.get("progress") if p else None for p in pointers],
                                              self.spec.replicas.trainer.replicas, self.spec.data.batch_size)
+            entry.rolled_back_samples = max(0, samples - self._rollback[1] * self.spec.replicas.trainer.replicas)
         log.warning("%s failed (%s); %s recovery, generation %d", failure.id.name, failure.reason, mode, generation)
         self._last_replan = 0.0  # re-plan after every failure
 

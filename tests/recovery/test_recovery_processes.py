@@ -1,0 +1,131 @@
+"""CPR recovery end to end: real processes, real gRPC, a real Redis, real checkpoints on disk."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import small_job
+from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.local.injection import Injection
+from trainingjob_operator.local.redis_server import EmbeddedRedis
+from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
+
+pytestmark = pytest.mark.processes
+
+ALL = ["embedding-server-0", "embedding-server-1", "sync-server-0", "trainer-0", "trainer-1"]
+
+
+def cpr_job(**overrides: object):  # type: ignore[no-untyped-def]
+    defaults: dict[str, object] = {
+        "data__trainSamples": 600_000, "recovery__checkpoint__initialIntervalSeconds": 2,
+        "recovery__checkpoint__minIntervalSeconds": 1, "recovery__mtbfPriorHours": 0.01,
+    }
+    return small_job(**{**defaults, **overrides})
+
+
+def run(job, tmp_path: Path, redis_url: str, injections: list[Injection]) -> dict:  # type: ignore[no-untyped-def]
+    return LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url, injections=injections)).run()
+
+
+def test_every_role_fails_and_only_the_failed_replicas_restart(redis_url: str, tmp_path: Path) -> None:
+    injections = [Injection(6.0, "embedding-server", 1), Injection(9.0, "trainer", 0), Injection(12.0, "sync-server", 0)]
+    summary = run(cpr_job(), tmp_path, redis_url, injections)
+    assert summary["status"] == "Succeeded"
+    assert summary["restarts"] == {"embedding-server-0": 0, "embedding-server-1": 1, "sync-server-0": 1,
+                                   "trainer-0": 1, "trainer-1": 0}
+    by_name = {f"{r['role']}-{r['rank']}": r for r in summary["replicas"]}
+    for name in ALL:
+        assert len(by_name[name]["pids"]) == 1 + summary["restarts"][name]
+    emb, trainer, sync = summary["failures"]
+    assert emb["role"] == "embedding-server" and emb["detected_after_s"] < 2 and emb["recovered_after_s"] > 0
+    assert "restored" in emb["restored"]  # the replacement loaded its shard's checkpoint
+    assert 0 <= emb["lost_samples"] <= emb["samples_at_failure"] // 2
+    assert trainer["lost_samples"] == 0 and sync["lost_samples"] == 0
+    assert summary["pls"] == pytest.approx(summary["lost_samples"] / summary["samples"], abs=1e-6)
+    assert summary["checkpoint"]["saves"] >= 2 and summary["checkpoint"]["errors"] == {}
+    assert summary["recovery"]["interval_history"], "the interval was never planned"
+    # The survivor trainer waited for the embedding server no longer than its replacement took + 1 s.
+    survivor = next(t for t in summary["trainers"] if t["rank"] == 1)
+    assert survivor["stalled_on_embedding_servers_s"] <= emb["recovered_after_s"] + 1.0
+
+
+def test_full_recovery_restarts_everything_and_rolls_back(redis_url: str, tmp_path: Path) -> None:
+    job = cpr_job(recovery__mode="full")
+    summary = run(job, tmp_path, redis_url, [Injection(8.0, "embedding-server", 0)])
+    assert summary["status"] == "Succeeded"
+    assert all(count == 1 for count in summary["restarts"].values()), summary["restarts"]
+    [failure] = summary["failures"]
+    assert failure["mode"] == "full"
+    # Every trainer rolled back to the checkpoint and trained those samples again; nothing is lost.
+    assert 0 < failure["rolled_back_samples"] <= failure["samples_at_failure"]
+    assert sum(t["trained_samples"] for t in summary["trainers"]) > job.spec.data.train_samples - \
+        failure["samples_at_failure"]
+    assert summary["samples"] == job.spec.data.train_samples
+    assert summary["lost_samples"] == 0
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_intact_one(redis_url: str, tmp_path: Path) -> None:
+    job = cpr_job(data__trainSamples=900_000)
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
+    thread.start()
+    shard_dir = tmp_path / "checkpoints" / "shard-0"
+    deadline = time.monotonic() + 120
+    while len(list(shard_dir.glob("*/MANIFEST.json"))) < 2:
+        assert time.monotonic() < deadline, "two checkpoints were never written"
+        time.sleep(0.2)
+    newest = sorted(p.parent for p in shard_dir.glob("*/MANIFEST.json"))[-1]
+    victim = sorted(newest.glob("*.safetensors"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    import os
+    import signal
+
+    os.kill(supervisor.processes["embedding-server-0"].pid, signal.SIGKILL)
+    thread.join(300)
+    assert out["status"] == "Succeeded"
+    [failure] = out["failures"]
+    restored = failure["restored"]
+    assert "fell back" in restored or "corrupt" in restored, restored
+
+
+def test_unwritable_checkpoint_storage_keeps_training_and_reports(redis_url: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the checkpoint directory should be")
+    job = cpr_job(data__trainSamples=300_000, recovery__checkpoint__storage=str(blocker / "ckpt"))
+    summary = run(job, tmp_path, redis_url, [])
+    assert summary["status"] == "Succeeded"
+    assert summary["checkpoint"]["saves"] == 0
+    assert set(summary["checkpoint"]["errors"]) == {"0", "1"}
+    assert all("not writable" in message for message in summary["checkpoint"]["errors"].values())
+
+
+def test_redis_restart_mid_run_is_survived(tmp_path: Path) -> None:
+    redis = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    url = redis.start()
+    try:
+        job = cpr_job(data__trainSamples=500_000)
+        supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=url))
+        out: dict = {}
+        thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
+        thread.start()
+        coord = Coordination(url, job.namespace, job.name)
+        deadline = time.monotonic() + 120
+        while sum(p.samples for p in coord.all_progress(2).values()) < 50_000:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        redis.stop()
+        time.sleep(1.5)
+        redis.start()
+        thread.join(300)
+        assert out["status"] == "Succeeded"
+        assert out["failures"] == []  # nobody was replaced because Redis blinked
+        assert out["samples"] == job.spec.data.train_samples
+    finally:
+        redis.stop()
