@@ -41,9 +41,13 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
     trained = coord.total_samples(spec.replicas.trainer.replicas)
     lost = 0
     full_recovery = coord.r.get(coord.key("recovery_mode")) == "full"
-    if trained > 0 and not full_recovery:  # a replacement mid-job: updates since the restored state are gone
+    if trained > 0 and not full_recovery:
+        # A replacement mid-job: this shard's updates from samples between the restored checkpoint and
+        # the failure are gone. Updates sent after the failure were retried against this replacement.
+        mine = [f for f in coord.failures() if f.get("role") == renv.role.value and f.get("rank") == renv.rank]
+        failed_at = int(mine[-1].get("samples", trained)) if mine else trained
         restored_at = report.progress or 0
-        lost = max(0, trained - restored_at) // spec.replicas.embedding_server.replicas
+        lost = max(0, failed_at - restored_at) // spec.replicas.embedding_server.replicas
         coord.add_lost_samples(lost)
     coord.record_recovery(renv.name, renv.instance, loaded=list(report.loaded), lost_samples=lost,
                           description=report.describe(), fallback=bool(report.skipped), duration_s=report.duration_s,

@@ -167,7 +167,7 @@ class LocalSupervisor:
         self.tracker.failures.append(entry)
         self.coord.set_generation(generation)
         self.coord.log_failure(role=entry.role, rank=entry.rank, reason=entry.reason, time=failure.time,
-                               exit_code=entry.exit_code, generation=generation, mode=mode)
+                               exit_code=entry.exit_code, generation=generation, mode=mode, samples=samples)
         if mode == "full":
             pointers = [self.coord.checkpoint_pointer(s) for s in range(self.spec.replicas.embedding_server.replicas)]
             self._rollback = rollback_cursor([p.get("progress") if p else None for p in pointers],
