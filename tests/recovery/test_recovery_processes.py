@@ -32,7 +32,8 @@ def run(job, tmp_path: Path, redis_url: str, injections: list[Injection]) -> dic
 
 
 def test_every_role_fails_and_only_the_failed_replicas_restart(redis_url: str, tmp_path: Path) -> None:
-    injections = [Injection(6.0, "embedding-server", 1), Injection(9.0, "trainer", 0), Injection(12.0, "sync-server", 0)]
+    injections = [Injection(6.0, "embedding-server", 1), Injection(9.0, "trainer", 0),
+                  Injection(12.0, "sync-server", 0)]
     summary = run(cpr_job(), tmp_path, redis_url, injections)
     assert summary["status"] == "Succeeded"
     assert summary["restarts"] == {"embedding-server-0": 0, "embedding-server-1": 1, "sync-server-0": 1,
