@@ -101,6 +101,64 @@ def plan(
 
 
 @app.command()
+def status(
+    manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")],
+    redis_url: Annotated[str | None, typer.Option(help="Read live progress from this Redis")] = None,
+    summary: Annotated[Path | None, typer.Option(help="Summary JSON of a finished local run")] = None,
+) -> None:
+    """Show a job's progress: live from Redis, or from the summary of a finished local run."""
+    job = _load(manifest)
+    url = redis_url or job.spec.redis.url
+    if url:
+        from trainingjob_operator.coordination import Coordination
+
+        coord = Coordination(url, job.namespace, job.name)
+        trainers = job.spec.replicas.trainer.replicas
+        progress = coord.all_progress(trainers)
+        print(json.dumps({
+            "job": job.name, "generation": coord.generation(), "samples": sum(p.samples for p in progress.values()),
+            "target_samples": job.spec.data.train_samples, "lost_samples": coord.lost_samples(),
+            "interval_seconds": coord.interval(), "failures": coord.failures(),
+            "trainers": {rank: vars(p) for rank, p in progress.items()},
+        }, indent=2))
+        return
+    path = summary or Path("runs") / job.name / "summary.json"
+    if not path.exists():
+        err.print(f"[red]error:[/] no Redis URL and no summary at {path}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    data = json.loads(path.read_text())
+    keys = ("job", "status", "samples", "auc", "teacher_auc", "wall_seconds", "samples_per_second", "restarts",
+            "lost_samples", "pls")
+    print(json.dumps({k: data.get(k) for k in keys}, indent=2))
+
+
+@app.command()
+def operator(
+    namespace: Annotated[list[str] | None, typer.Option(help="Serve this namespace (repeatable)")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Serve every namespace")] = False,
+    standalone: Annotated[bool, typer.Option(help="No peering: for a single operator replica")] = False,
+    peering: Annotated[str | None, typer.Option(help="kopf peering name (HA with several replicas)")] = None,
+    priority: Annotated[int | None, typer.Option(help="Peering priority; highest replica works")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port")] = 8000,
+    liveness: Annotated[str | None, typer.Option(help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")]
+    = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis for jobs without spec.redis.url")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level")] = "INFO",
+    console_logs: Annotated[bool, typer.Option(help="Human-readable logs instead of JSON")] = False,
+) -> None:
+    """Run the kopf operator that reconciles TrainingJobs on a Kubernetes cluster."""
+    from trainingjob_operator.k8s.main import run_operator
+
+    if all_namespaces and namespace:
+        err.print("[red]error:[/] --all-namespaces and --namespace exclude each other", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    namespaces = [] if all_namespaces else list(namespace or [])
+    run_operator(namespaces[0] if namespaces else None, standalone, metrics_port, redis_url, priority=priority,
+                 log_json=not console_logs, log_level=log_level, extra_namespaces=tuple(namespaces[1:]),
+                 peering_name=peering, liveness_endpoint=liveness)
+
+
+@app.command()
 def crd(
     output: Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write here (repeatable)")] = None,
 ) -> None:

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from trainingjob_operator.api import ManifestError, Role, load_manifest, parse_manifest
-from trainingjob_operator.api.spec import DEFAULT_IMAGE, spec_from_json
+from trainingjob_operator.api.spec import DEFAULT_IMAGE, default_image, spec_from_json
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -19,7 +19,7 @@ def test_defaults_describe_the_local_example_topology() -> None:
     job = parse_manifest(manifest({}))
     spec = job.spec
     assert job.namespace == "default"
-    assert spec.image == DEFAULT_IMAGE
+    assert spec.image is None and default_image() == DEFAULT_IMAGE
     assert [spec.replicas.count(r) for r in (Role.TRAINER, Role.EMBEDDING_SERVER, Role.SYNC_SERVER)] == [2, 2, 1]
     assert spec.model.rows() == [100_000] * 26
     assert spec.training.sync.mode == "background" and spec.training.sync.algorithm == "easgd"

@@ -310,13 +310,21 @@ class RedisSpec(ApiModel):
 
 
 class TrainingJobSpec(ApiModel):
-    image: str = Field(default=DEFAULT_IMAGE, description="Trainer image for every role unless a role overrides it.")
+    image: str | None = Field(
+        default=None, description="Trainer image for every role unless a role overrides it; default: the operator's.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     redis: RedisSpec = Field(default_factory=RedisSpec)
+
+
+def default_image() -> str:
+    """The operator's default trainer image (the chart sets TJ_DEFAULT_IMAGE), else the release's."""
+    import os
+
+    return os.environ.get("TJ_DEFAULT_IMAGE") or DEFAULT_IMAGE
 
 
 class TrainingJob(ApiModel):

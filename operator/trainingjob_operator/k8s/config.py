@@ -20,6 +20,9 @@ class OperatorConfig:
     namespace: str | None = None
     """Serve one namespace, or every namespace when None (cluster-wide)."""
 
+    extra_namespaces: tuple[str, ...] = ()
+    """More namespaces to serve besides ``namespace`` (the chart's repeated --namespace)."""
+
     standalone: bool = False
     """Run without kopf peering. With peering (the default) every replica of the operator takes a
     random priority: the highest one works, the others pause, and take over once its keep-alive

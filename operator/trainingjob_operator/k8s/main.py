@@ -21,7 +21,7 @@ def operator_kwargs(config: OperatorConfig) -> dict[str, Any]:
     """kopf.operator() arguments for a config: scope and peering."""
     kwargs: dict[str, Any] = {"standalone": config.standalone}
     if config.namespace:
-        kwargs["namespaces"] = [config.namespace]
+        kwargs["namespaces"] = [config.namespace, *config.extra_namespaces]
     else:
         kwargs["clusterwide"] = True
     if not config.standalone:
@@ -62,6 +62,9 @@ def run_operator(
     priority: int | None = None,
     log_json: bool = True,
     log_level: str = "INFO",
+    extra_namespaces: tuple[str, ...] = (),
+    peering_name: str | None = None,
+    liveness_endpoint: str | None = None,
 ) -> None:
     """Run the operator until SIGINT/SIGTERM (what ``trainingjob operator`` calls).
 
@@ -80,10 +83,11 @@ def run_operator(
     config = dataclasses.replace(
         base, namespace=namespace, standalone=standalone, metrics_port=metrics_port,
         default_redis_url=redis_url or base.default_redis_url, tick_s=tick_s or base.tick_s,
-        priority=priority, log_json=log_json, log_level=log_level,
+        priority=priority, log_json=log_json, log_level=log_level, extra_namespaces=extra_namespaces,
+        peering_name=peering_name or base.peering_name,
     )
     configure_logging(config.log_level, config.log_json)
-    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    liveness = liveness_endpoint or (f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None)
     asyncio.run(serve(config, liveness_endpoint=liveness))
 
 

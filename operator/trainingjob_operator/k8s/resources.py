@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainingjob_operator.api.loading import ManifestError, parse_manifest
-from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, Role, TrainingJob
+from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, Role, TrainingJob, default_image
 from trainingjob_operator.reconcile import ReplicaId
 
 LABEL_JOB = f"{GROUP}/job"
@@ -178,7 +178,7 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
     name = pod_name(job.name, rid)
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": role.image or job.spec.image,
+        "image": role.image or job.spec.image or default_image(),
         "command": ["python", "-m", "dlrm_trainer"],
         "env": _env(job, rid, redis_url, generation),
         "resources": _resources(role.resources),
