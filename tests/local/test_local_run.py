@@ -105,3 +105,18 @@ def test_stop_request_terminates_every_process(redis_url: str, tmp_path: Path) -
     thread.join(30)
     assert out["status"] == "Interrupted"
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+@pytest.mark.parametrize(("mode", "algorithm"), [("background", "ma"), ("background", "bmuf"),
+                                                 ("foreground", "easgd")])
+def test_every_sync_algorithm_trains(redis_url: str, tmp_path: Path, mode: str, algorithm: str) -> None:
+    job = small_job(training__sync={"mode": mode, "algorithm": algorithm, "everySteps": 2})
+    summary = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url)).run()
+    assert summary["status"] == "Succeeded"
+    assert summary["auc"] > 0.6
+    assert (summary["sync"]["mode"], summary["sync"]["algorithm"]) == (mode, algorithm)
+    assert summary["sync"]["exchanges"] > 0
+    if mode == "foreground":
+        # Inside the loop every 2 steps (plus one final exchange per trainer).
+        steps = sum(t["steps"] for t in summary["trainers"])
+        assert summary["sync"]["exchanges"] == pytest.approx(steps / 2 + 2, abs=3)

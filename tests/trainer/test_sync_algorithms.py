@@ -57,3 +57,12 @@ def test_replace_keeping_progress_keeps_updates_made_during_the_exchange() -> No
     snapshot = torch.tensor([4.0, 5.0])  # the worker moved +1 on the first coordinate meanwhile
     algo.replace_keeping_progress(live, snapshot, torch.tensor([0.0, 0.0]))
     assert torch.equal(live, torch.tensor([1.0, 0.0]))
+
+
+def test_dense_learning_rate_warms_up_linearly() -> None:
+    from dlrm_trainer.trainer import warmed_up
+
+    assert warmed_up(0.01, 0, 100) == 0.0001
+    assert warmed_up(0.01, 49, 100) == 0.005
+    assert warmed_up(0.01, 500, 100) == 0.01
+    assert warmed_up(0.01, 0, 0) == 0.01

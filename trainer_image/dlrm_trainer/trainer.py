@@ -40,6 +40,14 @@ def choose_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
+def warmed_up(lr: float, step: int, warmup_steps: int) -> float:
+    """Linear warmup: with a zero Adagrad accumulator the first updates move every weight by the
+    full learning rate, which silences the ReLUs at the end of the bottom MLP for good."""
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, (step + 1) / warmup_steps)
+
+
 @dataclass
 class Counters:
     samples: int = 0
@@ -156,7 +164,7 @@ class Trainer:
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(self.device))
         *dense_grads, row_grad = torch.autograd.grad(loss, [*self.params, fetched.rows])
         grad = torch.cat([g.reshape(-1) for g in dense_grads])
-        lr = self.spec.training.dense_learning_rate
+        lr = warmed_up(self.spec.training.dense_learning_rate, self.counters.steps, self.spec.training.warmup_steps)
         with torch.no_grad():  # Hogwild: no lock around the shared replica
             self.adagrad.addcmul_(grad, grad)
             self.flat.addcdiv_(grad, self.adagrad.sqrt().add_(ADAGRAD_EPS), value=-lr)

@@ -170,6 +170,9 @@ class TrainingSpec(ApiModel):
     dense_learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
     embedding_learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
     hogwild_threads: int = Field(default=2, ge=1, le=64, description="Worker threads sharing one dense replica.")
+    warmup_steps: int = Field(
+        default=1000, ge=0, description="Dense learning rate ramps up linearly over this many steps per trainer: "
+        "Adagrad's first steps are sign-like and otherwise kill the bottom MLP's last ReLU units.")
     sync: SyncSpec = Field(default_factory=SyncSpec)
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the dense part runs; auto uses CUDA when a GPU is present."
