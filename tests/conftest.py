@@ -33,7 +33,7 @@ def small_job(name: str | None = None, **spec_overrides: object) -> TrainingJob:
         "data": {"trainSamples": 60_000, "evalSamples": 8192, "batchSize": 512},
         "training": {"hogwildThreads": 1, "progressEverySeconds": 0.5},
         "replicas": {"trainer": {"replicas": 2}, "embeddingServer": {"replicas": 2}},
-        "recovery": {"heartbeatTimeoutSeconds": 5},
+        "recovery": {"heartbeatTimeoutSeconds": 8},
     }
     for path, value in spec_overrides.items():
         node = spec

@@ -183,5 +183,8 @@ def run_trainer(renv: ReplicaEnv) -> int:
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     coord.set_result(renv.rank, result)
     log.info("trainer-%d done: %s", renv.rank, result)
-    heartbeat.stop()
+    # The heartbeat keeps going until the process exits: a slow teardown on a loaded machine must not
+    # look like a hung trainer. Channels are closed first so gRPC has nothing left to drain.
+    for client in [*emb_clients, sync_client]:
+        client.close()
     return 0

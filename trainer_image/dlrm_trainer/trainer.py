@@ -170,7 +170,7 @@ class Trainer:
             self.flat.addcdiv_(grad, self.adagrad.sqrt().add_(ADAGRAD_EPS), value=-lr)
         # Overlap: the previous batch's sparse updates finished while this one computed.
         self.embeddings.wait(pending)
-        return float(loss), self.embeddings.push_gradients(fetched, row_grad)
+        return float(loss.detach()), self.embeddings.push_gradients(fetched, row_grad)
 
     def _worker(self, reader: ShardReader) -> None:
         sync = self.spec.training.sync
@@ -234,6 +234,7 @@ class Trainer:
             "samples_per_second": trained / max(wall, 1e-9), "syncs": self.counters.syncs,
             "sync_seconds": self.counters.sync_seconds, "steps": self.counters.steps,
             "sync_gap_steps": self.counters.steps / max(1, self.counters.syncs), "cursor": reader.cursor,
+            "start_cursor": start_cursor,
             "loss": self.counters.loss_ema,
         }
 
