@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+HOGWILD_THREADS: int | None = None  # --hogwild-threads overrides the example's
+
+
 def job_manifest(samples: int, eval_samples: int, mode: str, every_steps: int = 1) -> dict:
     base = yaml.safe_load((ROOT / "examples" / "dlrm-local.yaml").read_text())
+    if HOGWILD_THREADS is not None:
+        base["spec"]["training"]["hogwildThreads"] = HOGWILD_THREADS
     base["metadata"]["name"] = f"bench-{mode}"
     base["spec"]["data"]["trainSamples"] = samples
     base["spec"]["data"]["evalSamples"] = eval_samples
@@ -112,7 +117,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--eval-samples", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=1, help="rounds; each runs every variant once, interleaved")
+    parser.add_argument("--hogwild-threads", type=int, default=None, help="worker threads per trainer")
+    parser.add_argument("--output", default="trainer_throughput.json")
     args = parser.parse_args()
+    global HOGWILD_THREADS
+    HOGWILD_THREADS = args.hogwild_threads
 
     runs: dict[str, list[dict]] = {"single-process torchrec": [], "distributed background": [],
                                    "distributed foreground (every step)": []}
@@ -151,8 +160,9 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"{k:<45} {v:.4f}" if isinstance(v, float) else f"{k:<45} {v}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "trainer_throughput.json"
+    out = RESULTS / args.output
     out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(),
+                               "hogwild_threads": args.hogwild_threads,
                                "samples": args.samples, "repeats": args.repeats, "rows": rows,
                                "ratios": ratios, "raw": runs}, indent=2))
     print(f"\nwrote {out}")
