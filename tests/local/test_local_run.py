@@ -69,6 +69,9 @@ def test_a_killed_replica_is_replaced_alone(redis_url: str, tmp_path: Path, vict
     summary = out
     assert summary["status"] == "Succeeded"
     assert len(_pids(summary, victim)) == 2 and _pids(summary, victim)[0] == pid
+    role, _, rank = victim.rpartition("-")
+    replica = next(r for r in summary["replicas"] if r["role"] == role and r["rank"] == int(rank))
+    assert [p["warm"] for p in replica["pids"]] == [False, True]  # the replacement was a warm standby
     for other in ["trainer-0", "trainer-1", "embedding-server-0", "embedding-server-1", "sync-server-0"]:
         if other != victim:
             assert len(_pids(summary, other)) == 1, f"{other} was restarted"

@@ -8,6 +8,7 @@ stops the children in order.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ class Incarnation:
     ended_at: float | None = None
     exit_code: int | None = None
     peak_rss_mb: float = 0.0
+    warm: bool = False  # started from a warm standby (imports already done)
 
 
 @dataclass
@@ -72,8 +74,16 @@ class ReplicaProcess:
             self.kill()
 
 
-def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> ReplicaProcess:
+def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = None,
+          standby: subprocess.Popen[bytes] | None = None) -> ReplicaProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if standby is not None and standby.stdin is not None:
+        try:
+            standby.stdin.write((json.dumps({"env": env, "log": str(log_path)}) + "\n").encode())
+            standby.stdin.close()
+            return ReplicaProcess(name, standby, Incarnation(standby.pid, time.time(), warm=True), log_path=log_path)
+        except OSError:
+            standby.kill()  # it died meanwhile: fall back to a cold start
     log = log_path.open("ab")
     popen = subprocess.Popen(
         [sys.executable, "-m", "dlrm_trainer"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
@@ -81,3 +91,35 @@ def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = Non
     )
     log.close()
     return ReplicaProcess(name, popen, Incarnation(popen.pid, time.time()), log_path=log_path)
+
+
+class StandbyPool:
+    """One warm standby process per role, handed to the next replacement of that role."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self._ready: dict[str, subprocess.Popen[bytes]] = {}
+        self._count = 0
+
+    def prime(self, role: str) -> None:
+        if role in self._ready and self._ready[role].poll() is None:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._count += 1
+        with (self.log_dir / f"standby-{role}-{self._count}.log").open("ab") as log:
+            self._ready[role] = subprocess.Popen(
+                [sys.executable, "-m", "dlrm_trainer.standby", role], env={**os.environ, **self.env},
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                start_new_session=True)
+
+    def take(self, role: str) -> subprocess.Popen[bytes] | None:
+        process = self._ready.pop(role, None)
+        return process if process is not None and process.poll() is None else None
+
+    def stop(self) -> None:
+        for process in self._ready.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self._ready.clear()

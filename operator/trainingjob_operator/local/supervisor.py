@@ -20,11 +20,11 @@ from typing import Any
 
 import psutil
 
-from trainingjob_operator.api.spec import Role, TrainingJob
+from trainingjob_operator.api.spec import ROLES, Role, TrainingJob
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.local.injection import Injection, due
-from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, spawn
+from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
 from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker, measurements, replan, rollback_cursor
 from trainingjob_operator.local.redis_server import EmbeddedRedis
 from trainingjob_operator.reconcile import (
@@ -52,6 +52,7 @@ class RunOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     injections: list[Injection] = field(default_factory=list)  # --inject-failures, planned
     replan_every_s: float = 5.0
+    warm_standby: bool = True  # keep one pre-imported process per role for replacements
 
 
 @dataclass
@@ -84,6 +85,8 @@ class LocalSupervisor:
         self.mode = "full" if self.spec.recovery.mode.value == "full" else "partial"
         self._rollback: tuple[int, int] | None = None
         self._last_replan = 0.0
+        self.standby = (StandbyPool(self.workdir / "logs", {"PYTHONUNBUFFERED": "1", **self.options.extra_env})
+                        if self.options.warm_standby else None)
         self.memory = JobMemory()
         self.started = time.time()
         self.coord: Coordination | None = None
@@ -143,8 +146,11 @@ class LocalSupervisor:
                     assert self.coord is not None
                     cursor, samples = self._rollback
                     self.coord.set_trainer_cursor(action.id.rank, cursor, samples)
+                standby = None
+                if action.reason == "Replacement" and self.standby is not None:
+                    standby = self.standby.take(action.id.role.value)
                 proc = spawn(name, self.replica_env(action.id, action.generation),
-                             self.workdir / "logs" / f"{name}.log")
+                             self.workdir / "logs" / f"{name}.log", standby=standby)
                 self.processes[name] = proc
                 self.history[name].append(proc.incarnation)
                 log.info("started %s pid %d (%s, generation %d)", name, proc.pid, action.reason, action.generation)
@@ -184,6 +190,8 @@ class LocalSupervisor:
                 del self.processes[name]
 
     def stop_all(self) -> None:
+        if self.standby is not None:
+            self.standby.stop()
         for proc in self.processes.values():
             proc.terminate(self.options.grace_s)
         deadline = time.monotonic() + self.options.grace_s + 2
@@ -251,6 +259,12 @@ class LocalSupervisor:
                     and p.poll() is not None:
                 del self.processes[action.id.name]
         self._sample_memory()
+        if self.standby is not None:
+            if self.memory.phase is Phase.RUNNING:
+                for role in ROLES:  # only while nothing is starting: priming costs CPU
+                    self.standby.prime(role.value)
+            elif self.memory.phase.finished:
+                self.standby.stop()
 
     def snapshot(self) -> Snapshot:
         assert self.coord is not None
