@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +128,3 @@ def endpoint(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # IPv6 pod IPs
     return f"{host}:{port}"
-
-
-def hostname() -> str:
-    return socket.gethostname()

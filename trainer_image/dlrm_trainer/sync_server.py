@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from dlrm_trainer import sync_algorithms as algo
 from dlrm_trainer.checkpoint import save_dense
 from dlrm_trainer.rpc import Message, Server
@@ -88,7 +86,3 @@ def serve(service: SyncService, host: str = "0.0.0.0", port: int = 0) -> Server:
     server = Server(SERVICE, {"Exchange": service.exchange, "Pull": service.pull}, host, port, workers=8)
     server.start()
     return server
-
-
-def flat_size(params: list[torch.Tensor]) -> int:
-    return sum(p.numel() for p in params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -357,7 +357,3 @@ class TrainingJob(ApiModel):
 
 def spec_from_json(text: str) -> TrainingJobSpec:
     return TrainingJobSpec.model_validate_json(text)
-
-
-def manifest_dict(job: TrainingJob) -> dict[str, Any]:
-    return job.to_wire()

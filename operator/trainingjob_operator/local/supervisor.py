@@ -357,15 +357,3 @@ class LocalSupervisor:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def role_of(name: str) -> Role:
-    return ReplicaId.parse(name).role
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
