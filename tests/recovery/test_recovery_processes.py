@@ -32,9 +32,22 @@ def run(job, tmp_path: Path, redis_url: str, injections: list[Injection]) -> dic
 
 
 def test_every_role_fails_and_only_the_failed_replicas_restart(redis_url: str, tmp_path: Path) -> None:
-    injections = [Injection(6.0, "embedding-server", 1), Injection(9.0, "trainer", 0),
-                  Injection(12.0, "sync-server", 0)]
-    summary = run(cpr_job(), tmp_path, redis_url, injections)
+    job = cpr_job(data__trainSamples=900_000)
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
+    thread.start()
+    coord = Coordination(redis_url, job.namespace, job.name)
+    deadline = time.monotonic() + 120
+    while coord.checkpoint_pointer(1) is None:  # kill the shard once it has a checkpoint to restore
+        assert time.monotonic() < deadline, "shard 1 never checkpointed"
+        time.sleep(0.1)
+    for role, rank in [("embedding-server", 1), ("trainer", 0), ("sync-server", 0)]:
+        # Injected through the supervisor's own schedule, so detection times are measured.
+        supervisor.tracker.injections.append(Injection(time.time() - supervisor.started, role, rank))
+        time.sleep(3.0)
+    thread.join(300)
+    summary = out
     assert summary["status"] == "Succeeded"
     assert summary["restarts"] == {"embedding-server-0": 0, "embedding-server-1": 1, "sync-server-0": 1,
                                    "trainer-0": 1, "trainer-1": 0}
