@@ -83,7 +83,7 @@ def test_a_killed_replica_is_replaced_alone(redis_url: str, tmp_path: Path, vict
 
 
 def test_hung_replica_is_detected_by_heartbeat_and_replaced(redis_url: str, tmp_path: Path) -> None:
-    job = small_job(data__trainSamples=400_000, recovery__heartbeatTimeoutSeconds=3)
+    job = small_job(data__trainSamples=400_000, recovery__heartbeatTimeoutSeconds=5)
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
     thread, out = _run_in_thread(supervisor)
     coord = Coordination(redis_url, job.namespace, job.name)
