@@ -43,7 +43,7 @@ def test_every_example_validates(example: Path) -> None:
     ("spec", "field", "expectation"),
     [
         ({"replicas": {"trainer": {"replicas": 0}}}, "spec.replicas.trainer.replicas", "greater than or equal to 1"),
-        ({"replicas": {"syncServer": {"replicas": 2}}}, "spec.replicas.syncServer", "replicas must be 1"),
+        ({"replicas": {"syncServer": {"replicas": 2}}}, "spec.replicas.syncServer.replicas", "less than or equal to 1"),
         ({"data": {"batchSize": "big"}}, "spec.data.batchSize", "valid integer"),
         ({"data": {"source": "parquet"}}, "spec.data.source", "'synthetic' or 'criteo'"),
         ({"data": {"source": "criteo"}}, "spec.data", "path is required"),

@@ -71,7 +71,7 @@ async def test_an_invalid_spec_fails_with_a_condition_naming_the_field_and_other
     failed = cluster.condition("bad", "Failed")
     assert failed is not None and failed["reason"] == "InvalidSpec"
     assert failed["message"] == expected
-    assert failed["message"].startswith("spec.replicas.syncServer")
+    assert failed["message"].startswith("spec.replicas.syncServer.replicas")
     event = await eventually(lambda: next((e for e in cluster.events("bad") if e["reason"] == "InvalidSpec"), None),
                              what="InvalidSpec event")
     assert event["message"] == expected

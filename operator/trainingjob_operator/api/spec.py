@@ -225,17 +225,14 @@ class EmbeddingServerRoleSpec(RoleSpec):
     replicas: int = Field(default=2, ge=1, le=1024, description="Embedding servers (hash shards of every table).")
 
 
+class SyncServerRoleSpec(RoleSpec):
+    replicas: int = Field(default=1, ge=1, le=1, description="Exactly 1: the one central dense copy.")
+
+
 class ReplicasSpec(ApiModel):
     trainer: TrainerRoleSpec = Field(default_factory=TrainerRoleSpec)
     embedding_server: EmbeddingServerRoleSpec = Field(default_factory=EmbeddingServerRoleSpec)
-    sync_server: RoleSpec = Field(default_factory=RoleSpec)
-
-    @field_validator("sync_server")
-    @classmethod
-    def _one_sync_server(cls, role: RoleSpec) -> RoleSpec:
-        if role.replicas != 1:
-            raise ValueError(f"replicas must be 1 (one central dense copy), got {role.replicas}")
-        return role
+    sync_server: SyncServerRoleSpec = Field(default_factory=SyncServerRoleSpec)
 
     def for_role(self, role: Role) -> RoleSpec:
         return {Role.TRAINER: self.trainer, Role.EMBEDDING_SERVER: self.embedding_server,
