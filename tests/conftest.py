@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from trainingjob_operator.api import TrainingJob, parse_manifest
 from trainingjob_operator.local.redis_server import EmbeddedRedis
+from trainingjob_operator.local.supervisor import LocalSupervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +48,19 @@ def small_job(name: str | None = None, **spec_overrides: object) -> TrainingJob:
         "apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": name or f"t-{uuid.uuid4().hex[:8]}"}, "spec": spec,
     })
+
+
+def run_in_thread(supervisor: LocalSupervisor) -> tuple[threading.Thread, dict]:
+    """Run a local job in the background; the dict receives its summary when it ends."""
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

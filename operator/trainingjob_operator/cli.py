@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from trainingjob_operator.api import ManifestError, load_manifest
+from trainingjob_operator.api import ManifestError, TrainingJob, load_manifest
+from trainingjob_operator.local.injection import Injection
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="TrainingJob: DLRM training that replaces only what failed.")
@@ -18,7 +19,7 @@ err = Console(stderr=True)
 EXIT_BAD_INPUT = 2
 
 
-def _load(path: Path):  # type: ignore[no-untyped-def]
+def _load(path: Path) -> TrainingJob:
     try:
         return load_manifest(path)
     except ManifestError as exc:
@@ -63,7 +64,7 @@ def run(
     raise typer.Exit(0 if result["status"] == "Succeeded" else 1)
 
 
-def _injections(job, text: str) -> list:  # type: ignore[no-untyped-def]
+def _injections(job: TrainingJob, text: str) -> list[Injection]:
     from trainingjob_operator.api.spec import ROLES
     from trainingjob_operator.local.injection import InjectionSpecError, parse_injection_spec, plan_injections
 

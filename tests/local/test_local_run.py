@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import small_job
+from tests.conftest import run_in_thread, small_job, wait_until
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
 
@@ -22,21 +21,6 @@ def _pids(summary: dict, name: str) -> list[int]:
     role, _, rank = name.rpartition("-")
     replica = next(r for r in summary["replicas"] if r["role"] == role and r["rank"] == int(rank))
     return [p["pid"] for p in replica["pids"]]
-
-
-def _run_in_thread(supervisor: LocalSupervisor) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
-    thread.start()
-    return thread, out
-
-
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_job_trains_to_completion_and_leaves_no_process(redis_url: str, tmp_path: Path) -> None:
@@ -60,9 +44,9 @@ def test_job_trains_to_completion_and_leaves_no_process(redis_url: str, tmp_path
 def test_a_killed_replica_is_replaced_alone(redis_url: str, tmp_path: Path, victim: str) -> None:
     job = small_job(data__trainSamples=300_000)
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
-    thread, out = _run_in_thread(supervisor)
+    thread, out = run_in_thread(supervisor)
     coord = Coordination(redis_url, job.namespace, job.name)
-    _wait(lambda: sum(p.samples for p in coord.all_progress(2).values()) > 30_000, 120, "training progress")
+    wait_until(lambda: sum(p.samples for p in coord.all_progress(2).values()) > 30_000, 120, "training progress")
     pid = supervisor.processes[victim].pid
     os.kill(pid, signal.SIGKILL)
     thread.join(300)
@@ -85,9 +69,9 @@ def test_a_killed_replica_is_replaced_alone(redis_url: str, tmp_path: Path, vict
 def test_hung_replica_is_detected_by_heartbeat_and_replaced(redis_url: str, tmp_path: Path) -> None:
     job = small_job(data__trainSamples=400_000, recovery__heartbeatTimeoutSeconds=5)
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
-    thread, out = _run_in_thread(supervisor)
+    thread, out = run_in_thread(supervisor)
     coord = Coordination(redis_url, job.namespace, job.name)
-    _wait(lambda: sum(p.samples for p in coord.all_progress(2).values()) > 30_000, 120, "training progress")
+    wait_until(lambda: sum(p.samples for p in coord.all_progress(2).values()) > 30_000, 120, "training progress")
     pid = supervisor.processes["embedding-server-1"].pid
     os.kill(pid, signal.SIGSTOP)
     thread.join(300)
@@ -100,8 +84,8 @@ def test_hung_replica_is_detected_by_heartbeat_and_replaced(redis_url: str, tmp_
 def test_stop_request_terminates_every_process(redis_url: str, tmp_path: Path) -> None:
     job = small_job(data__trainSamples=5_000_000)
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
-    thread, out = _run_in_thread(supervisor)
-    _wait(lambda: len(supervisor.processes) == 5, 60, "all replicas started")
+    thread, out = run_in_thread(supervisor)
+    wait_until(lambda: len(supervisor.processes) == 5, 60, "all replicas started")
     pids = [p.pid for p in supervisor.processes.values()]
     time.sleep(1.0)
     supervisor.request_stop()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import small_job
+from tests.conftest import run_in_thread, small_job, wait_until
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.local.injection import Injection
 from trainingjob_operator.local.redis_server import EmbeddedRedis
@@ -34,14 +35,10 @@ def run(job, tmp_path: Path, redis_url: str, injections: list[Injection]) -> dic
 def test_every_role_fails_and_only_the_failed_replicas_restart(redis_url: str, tmp_path: Path) -> None:
     job = cpr_job(data__trainSamples=900_000)
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
-    thread.start()
+    thread, out = run_in_thread(supervisor)
     coord = Coordination(redis_url, job.namespace, job.name)
-    deadline = time.monotonic() + 120
-    while coord.checkpoint_pointer(1) is None:  # kill the shard once it has a checkpoint to restore
-        assert time.monotonic() < deadline, "shard 1 never checkpointed"
-        time.sleep(0.1)
+    # Kill the shard once it has a checkpoint to restore.
+    wait_until(lambda: coord.checkpoint_pointer(1) is not None, 120, "a shard-1 checkpoint")
     for role, rank in [("embedding-server", 1), ("trainer", 0), ("sync-server", 0)]:
         # Injected through the supervisor's own schedule, so detection times are measured.
         supervisor.tracker.injections.append(Injection(time.time() - supervisor.started, role, rank))
@@ -89,22 +86,14 @@ def test_full_recovery_restarts_everything_and_rolls_back(redis_url: str, tmp_pa
 def test_corrupt_checkpoint_falls_back_to_the_previous_intact_one(redis_url: str, tmp_path: Path) -> None:
     job = cpr_job(data__trainSamples=900_000)
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
-    thread.start()
+    thread, out = run_in_thread(supervisor)
     shard_dir = tmp_path / "checkpoints" / "shard-0"
-    deadline = time.monotonic() + 120
-    while len(list(shard_dir.glob("*/MANIFEST.json"))) < 2:
-        assert time.monotonic() < deadline, "two checkpoints were never written"
-        time.sleep(0.2)
+    wait_until(lambda: len(list(shard_dir.glob("*/MANIFEST.json"))) >= 2, 120, "two shard-0 checkpoints")
     newest = sorted(p.parent for p in shard_dir.glob("*/MANIFEST.json"))[-1]
     victim = sorted(newest.glob("*.safetensors"))[0]
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    import os
-    import signal
-
     os.kill(supervisor.processes["embedding-server-0"].pid, signal.SIGKILL)
     thread.join(300)
     assert out["status"] == "Succeeded"
@@ -130,14 +119,9 @@ def test_redis_restart_mid_run_is_survived(tmp_path: Path) -> None:
     try:
         job = cpr_job(data__trainSamples=500_000)
         supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=url))
-        out: dict = {}
-        thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
-        thread.start()
+        thread, out = run_in_thread(supervisor)
         coord = Coordination(url, job.namespace, job.name)
-        deadline = time.monotonic() + 120
-        while sum(p.samples for p in coord.all_progress(2).values()) < 50_000:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: sum(p.samples for p in coord.all_progress(2).values()) >= 50_000, 120, "progress")
         redis.stop()
         time.sleep(1.5)
         redis.start()

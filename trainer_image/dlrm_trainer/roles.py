@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 
 from dlrm_trainer import checkpoint, embedding_server, sync_server
 from dlrm_trainer.rpc import Client, stalled_seconds
@@ -20,7 +21,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, port: int, stop_server) -> int:  # type: ignore[no-untyped-def]
+def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, port: int, stop_server: Callable[[], None]) -> int:
     stop = stop_event_on_signals()
     coord.register(renv.role.value, renv.rank, endpoint(renv.host, port), renv.instance)
     heartbeat = Heartbeat(coord, renv)
@@ -123,7 +124,7 @@ def run_sync_server(renv: ReplicaEnv) -> int:
     return _serve_until_stopped(renv, coord, server.port, stop)
 
 
-def _resolver(coord: Coordination, role: Role, rank: int):  # type: ignore[no-untyped-def]
+def _resolver(coord: Coordination, role: Role, rank: int) -> Callable[[], str | None]:
     def resolve() -> str | None:
         member = coord.member(role.value, rank)
         return member.endpoint if member is not None else None
