@@ -65,8 +65,22 @@ def test_every_role_fails_and_only_the_failed_replicas_restart(redis_url: str, t
 
 
 def test_full_recovery_restarts_everything_and_rolls_back(redis_url: str, tmp_path: Path) -> None:
-    job = cpr_job(recovery__mode="full")
-    summary = run(job, tmp_path, redis_url, [Injection(8.0, "embedding-server", 0)])
+    job = cpr_job(recovery__mode="full", recovery__checkpoint__intervalSeconds=3)
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
+    thread, out = run_in_thread(supervisor)
+    coord = Coordination(redis_url, job.namespace, job.name)
+
+    def trained_past_the_checkpoints() -> bool:
+        pointers = [coord.checkpoint_pointer(s) for s in range(2)]
+        if any(p is None or p.get("progress") is None for p in pointers):
+            return False
+        return coord.total_samples(2) > max(p["progress"] for p in pointers if p) + 4 * 512
+
+    # Fail between two saves (fixed 3 s interval) so there is work to roll back.
+    wait_until(trained_past_the_checkpoints, 120, "training past the first checkpoints")
+    supervisor.tracker.injections.append(Injection(time.time() - supervisor.started, "embedding-server", 0))
+    thread.join(300)
+    summary = out
     assert summary["status"] == "Succeeded"
     assert all(count == 1 for count in summary["restarts"].values()), summary["restarts"]
     [failure] = summary["failures"]
@@ -77,7 +91,8 @@ def test_full_recovery_restarts_everything_and_rolls_back(redis_url: str, tmp_pa
     starts = {t["start_cursor"] for t in summary["trainers"]}
     assert len(starts) == 1
     rollback = starts.pop() * batch * trainers
-    assert 0 <= rollback <= failure["samples_at_failure"]
+    assert 0 <= rollback < failure["samples_at_failure"]
+    assert failure["rolled_back_samples"] > 0
     assert failure["rolled_back_samples"] == failure["samples_at_failure"] - rollback
     assert summary["samples"] == job.spec.data.train_samples
     assert summary["lost_samples"] == 0
