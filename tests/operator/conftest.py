@@ -28,7 +28,7 @@ from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERS
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.coordinator import OperatorContext
-from trainingjob_operator.k8s.emulator import ApiServerEmulator
+from tests.support.emulator import ApiServerEmulator
 from trainingjob_operator.k8s.main import serve
 
 NAMESPACE = "ml"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import NAMESPACE, Cluster, Operator, eventually, manifest
-from trainingjob_operator.k8s.emulator import MAIN_CONTAINER, ApiServerEmulator
+from tests.support.emulator import MAIN_CONTAINER, ApiServerEmulator
 
 pytestmark = pytest.mark.processes
 

@@ -3,7 +3,7 @@
 Pure modules (no I/O): ``resources`` (pods, Service, ConfigMap), ``observe`` (pods and Redis ->
 what the core sees), ``reporting`` (status, persisted memory). Effects: ``kube`` (the API
 seam), ``coordinator`` (one job's loop), ``handlers`` (kopf), ``main`` (starting it).
-``emulator`` is an in-memory API server for tests and benchmarks (needs kmock).
+The in-memory API server for tests and benchmarks lives in ``tests/support/emulator.py``.
 
 Importing this package does not import kopf; ``handlers`` registers with kopf when imported.
 """

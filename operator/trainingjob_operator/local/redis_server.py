@@ -37,24 +37,26 @@ def free_port() -> int:
 class EmbeddedRedis:
     """``with EmbeddedRedis(dir) as url:`` starts redis-server and stops it on exit."""
 
-    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False,
+                 host: str = "127.0.0.1") -> None:
         self.workdir = workdir
+        self.host = host  # e.g. a test bridge's address, so pods in their own network namespaces reach it
         self.port = port or free_port()
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        args = [redis_binary(), "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir.resolve()),
                 "--daemonize", "no", "--loglevel", "warning"]
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -20,7 +20,7 @@ Still missing compared to a real API server: garbage collection of owned objects
 merge patches (everything is a JSON merge patch), resourceVersion conflicts, schema
 validation, status-subresource separation, label selectors on lists and watches.
 
-kmock is a development dependency: import this module from tests and benchmarks only.
+kmock is a development dependency: this module lives in tests/ and is never shipped.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ RESOURCES: dict[str, dict[str, Any]] = {
         "verbs": VERBS, "subresources": ["status"],
     },
     "v1/pods": {"kind": "Pod", "singular": "pod", "namespaced": True, "verbs": VERBS, "subresources": ["status"]},
+    "v1/persistentvolumeclaims": {"kind": "PersistentVolumeClaim", "singular": "persistentvolumeclaim",
+                                  "namespaced": True, "verbs": VERBS},
     "v1/services": {"kind": "Service", "singular": "service", "namespaced": True, "verbs": VERBS},
     "v1/configmaps": {"kind": "ConfigMap", "singular": "configmap", "namespaced": True, "verbs": VERBS},
     "v1/events": {"kind": "Event", "singular": "event", "namespaced": True, "verbs": VERBS},
@@ -86,6 +88,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
     pod_startup_s: float | None = 0.0
     pod_termination_s: float | None = None
+    hold_deleted_pods: bool = False  # a deleted pod keeps a kubelet finalizer until a test kubelet removes it
     journal: list[JournalEntry] = attrs.field(factory=list)
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _kubelet_tasks: set[asyncio.Task[None]] = attrs.field(factory=set)
@@ -151,7 +154,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         meta.setdefault("generation", 1)
         resource = request.resource
         if resource is not None and resource.plural == "pods":
-            if self.pod_termination_s is not None:
+            if self.pod_termination_s is not None or self.hold_deleted_pods:
                 meta["finalizers"] = [*meta.get("finalizers", []), KUBELET_FINALIZER]
             request.data.setdefault("status", {"phase": "Pending"})
 
@@ -183,8 +186,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                                    "state": {"running": {"startedAt": now}}}],
         })
 
-    async def _finish_termination(self, namespace: str, name: str) -> None:
-        await asyncio.sleep(self.pod_termination_s or 0.0)
+    async def _finish_termination(self, namespace: str, name: str, wait: bool = True) -> None:
+        if wait:
+            await asyncio.sleep(self.pod_termination_s or 0.0)
         pod = self.pod(namespace, name)
         if pod is None:
             return
@@ -210,6 +214,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             "containerStatuses": [{"name": MAIN_CONTAINER, "ready": False, "restartCount": 0,
                                    "state": {"terminated": terminated}}],
         })
+
+    async def release_pod(self, namespace: str, name: str) -> None:
+        """The kubelet is done with a deleted pod: drop its finalizer so the object goes away."""
+        await self._finish_termination(namespace, name, wait=False)
 
     async def evict_pod(self, namespace: str, name: str) -> None:
         await self.patch_pod_status(namespace, name, {
