@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TORCH_PINS := torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 TORCHREC_PIN := torchrec==1.8.0
 
-.PHONY: install demo test lint typecheck pytest crd bench bench-trainer clean
+.PHONY: install demo test lint typecheck layers pytest crd bench bench-trainer clean
 
 install: $(STAMP)
 
@@ -33,10 +33,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The layer contracts in pyproject.toml ([tool.importlinter]): pure core, trainer image, shells.
+layers: install
+	$(VENV)/bin/lint-imports
+
 pytest: install
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck layers pytest
 
 crd: install
 	$(VENV)/bin/trainingjob crd -o crds/trainingjob.yaml -o charts/trainingjob-operator/crds/trainingjob.yaml

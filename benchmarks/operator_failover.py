@@ -43,9 +43,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test-only API-server emulator lives in tests/
 
-from tests.support.emulator import ApiServerEmulator  # noqa: E402
-from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION  # noqa: E402
-from trainingjob_operator.local.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from tests.support.emulator import ApiServerEmulator
+from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from trainingjob_operator.local.redis_server import EmbeddedRedis, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "operator_failover.json"
 TJ = kmock.resource(GROUP, VERSION, PLURAL)

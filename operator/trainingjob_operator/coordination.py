@@ -52,6 +52,10 @@ class Progress:
     samples_per_second: float | None
     updated: float
     done: bool = False
+    waiting_for: tuple[str, ...] = ()  # servers this trainer is blocked on (being replaced)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "waiting_for", tuple(self.waiting_for))  # a JSON list from Redis
 
 
 class Coordination:
@@ -141,6 +145,14 @@ class Coordination:
     def interval(self) -> float | None:
         value = self.r.get(self.key("interval"))
         return float(value) if value else None
+
+    def set_recovery_mode(self, mode: str) -> None:
+        """The effective mode (partial/full) replicas follow: full rolls a restarted server back."""
+        self.r.set(self.key("recovery_mode"), mode)
+
+    def recovery_mode(self) -> str | None:
+        value = self.r.get(self.key("recovery_mode"))
+        return str(value) if value else None
 
     def set_checkpoint_pointer(self, shard: int, pointer: dict[str, Any]) -> None:
         self.r.set(self.key("checkpoint", shard), json.dumps(pointer))

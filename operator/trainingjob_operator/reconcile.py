@@ -23,7 +23,32 @@ from trainingjob_operator.api.status import Condition, Phase, RoleReplicaStatus
 
 EXIT_PERMANENT = 78  # EX_CONFIG from sysexits.h: retrying cannot help
 CREATE_GRACE_S = 30.0  # a just-created replica may not be observable yet (watch lag)
-STARTUP_GRACE_MIN_S = 120.0  # no heartbeat yet: importing torch and loading a shard takes a while
+
+
+class FailureReason(enum.StrEnum):
+    """Why the core counts a replica as failed (a pod's own reasons, e.g. Evicted, pass through)."""
+
+    DELETED = "Deleted"  # observed, then gone (kubectl delete pod, a drain) or never appeared
+    HEARTBEAT_TIMEOUT = "HeartbeatTimeout"  # alive but silent: hung
+    NO_HEARTBEAT = "NoHeartbeat"  # started but never heartbeat within recovery.startupTimeoutSeconds
+    SERVER_EXITED = "ServerExited"  # a server exited 0 before the trainers finished
+    FAILED = "Failed"
+
+
+HUNG_REASONS = frozenset({FailureReason.HEARTBEAT_TIMEOUT, FailureReason.NO_HEARTBEAT})
+
+
+class CreateReason(enum.StrEnum):
+    INITIAL = "Initial"
+    REPLACEMENT = "Replacement"
+
+
+class ConditionType(enum.StrEnum):
+    RUNNING = "Running"
+    RECOVERING = "Recovering"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CHECKPOINTS_DURABLE = "CheckpointsDurable"  # False: a replaced server loses its shard (emptyDir)
 
 
 @dataclass(frozen=True, order=True)
@@ -83,7 +108,7 @@ class FailureEvent:
 class CreateReplica:
     id: ReplicaId
     generation: int
-    reason: str
+    reason: CreateReason
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,7 @@ class JobMemory:
     phase: Phase = Phase.PENDING
     generation: int = 0
     created_at: Mapping[str, float] = field(default_factory=dict)  # last create action per replica
+    seen: frozenset[str] = frozenset()  # observed since their last create: once gone, failed at once
     replacing: frozenset[str] = frozenset()  # deleted by us, to be created again once gone
     succeeded: frozenset[str] = frozenset()  # trainers that finished: never restarted
     restart_times: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # failures, for the budget
@@ -172,23 +198,24 @@ def _failure_of(
     if obs is None:
         if name not in memory.created_at:
             return None  # ours to create, not a failure
+        if name in memory.seen:
+            return FailureEvent(rid, FailureReason.DELETED, now)  # it was there and is gone: no grace
         if now - memory.created_at[name] < CREATE_GRACE_S:
             return None  # created a moment ago, not visible yet
-        return FailureEvent(rid, "Deleted", now)
+        return FailureEvent(rid, FailureReason.DELETED, now)
     if obs.deleting:
         return None
     if obs.phase is ReplicaPhase.FAILED:
-        reason = obs.reason or (f"ExitCode{obs.exit_code}" if obs.exit_code is not None else "Failed")
+        reason = obs.reason or (f"ExitCode{obs.exit_code}" if obs.exit_code is not None else FailureReason.FAILED)
         return FailureEvent(rid, reason, now, obs.exit_code, obs.instance)
     if obs.phase is ReplicaPhase.SUCCEEDED and rid.role is not Role.TRAINER:
-        return FailureEvent(rid, "ServerExited", now, obs.exit_code, obs.instance)
+        return FailureEvent(rid, FailureReason.SERVER_EXITED, now, obs.exit_code, obs.instance)
     if obs.phase is ReplicaPhase.RUNNING:
-        timeout = spec.recovery.heartbeat_timeout_seconds
         if obs.heartbeat_at is not None:
-            if now - obs.heartbeat_at > timeout:
-                return FailureEvent(rid, "HeartbeatTimeout", now, None, obs.instance)
-        elif obs.started_at is not None and now - obs.started_at > max(STARTUP_GRACE_MIN_S, 4 * timeout):
-            return FailureEvent(rid, "NoHeartbeat", now, None, obs.instance)
+            if now - obs.heartbeat_at > spec.recovery.heartbeat_timeout_seconds:
+                return FailureEvent(rid, FailureReason.HEARTBEAT_TIMEOUT, now, None, obs.instance)
+        elif obs.started_at is not None and now - obs.started_at > spec.recovery.startup_timeout_seconds:
+            return FailureEvent(rid, FailureReason.NO_HEARTBEAT, now, None, obs.instance)
     return None
 
 
@@ -257,9 +284,9 @@ def reconcile(
     mem = dataclasses.replace(mem, succeeded=frozenset(succeeded))
     trainers = [rid for rid in desired if rid.role is Role.TRAINER]
     if all(rid.name in succeeded for rid in trainers):
-        conditions = set_condition(mem.conditions, "Succeeded", True, "TrainersCompleted",
+        conditions = set_condition(mem.conditions, ConditionType.SUCCEEDED, True, "TrainersCompleted",
                                    f"all {len(trainers)} trainers finished", now)
-        conditions = set_condition(conditions, "Recovering", False, "Completed", "", now)
+        conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Completed", "", now)
         mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
                                   replacing=frozenset())
         return Decision(_stop_everything(observed, "TrainersCompleted"), mem, _replica_status(spec, observed, mem))
@@ -270,8 +297,8 @@ def reconcile(
         fatal = _fatal(failure, mem, spec, now)
         if fatal is not None:
             reason, message = fatal
-            conditions = set_condition(mem.conditions, "Failed", True, reason, message, now)
-            conditions = set_condition(conditions, "Recovering", False, reason, "", now)
+            conditions = set_condition(mem.conditions, ConditionType.FAILED, True, reason, message, now)
+            conditions = set_condition(conditions, ConditionType.RECOVERING, False, reason, "", now)
             mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
                                       failures=mem.failures + 1, last_failure=failure, replacing=frozenset())
             actions = [RecordFailure(failure, mem.generation, mode), *_stop_everything(observed, reason)]
@@ -305,7 +332,7 @@ def reconcile(
                 actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
         last = failures[-1]
         names = ", ".join(f.id.name for f in failures)
-        conditions = set_condition(conditions, "Recovering", True, last.reason,
+        conditions = set_condition(conditions, ConditionType.RECOVERING, True, last.reason,
                                    f"replacing {names if mode == 'partial' else 'all replicas'} "
                                    f"({mode} recovery, generation {generation})", now)
 
@@ -319,18 +346,20 @@ def reconcile(
             actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
 
     created_at = dict(mem.created_at)
+    seen = {rid.name for rid in desired if rid in observed} | (set(mem.seen) - {f.id.name for f in failures})
     for rid in desired:
         name = rid.name
         if name in succeeded or rid in observed:
             continue
         if name in replacing or name not in created_at:
-            reason = "Replacement" if name in replacing else "Initial"
+            reason = CreateReason.REPLACEMENT if name in replacing else CreateReason.INITIAL
             actions.append(CreateReplica(rid, generation, reason))
             created_at[name] = now
             replacing.discard(name)
+            seen.discard(name)
 
     pending_replacements = bool(replacing) or any(
-        isinstance(a, CreateReplica) and a.reason == "Replacement" for a in actions
+        isinstance(a, CreateReplica) and a.reason is CreateReason.REPLACEMENT for a in actions
     )
     all_running = all(
         rid.name in succeeded or ((o := observed.get(rid)) is not None and o.phase is ReplicaPhase.RUNNING)
@@ -340,19 +369,20 @@ def reconcile(
         phase = Phase.RECOVERING
     elif all_running:
         phase = Phase.RUNNING
-        if any(c.type == "Recovering" and c.status == "True" for c in conditions):
-            conditions = set_condition(conditions, "Recovering", False, "Recovered",
+        if any(c.type == ConditionType.RECOVERING and c.status == "True" for c in conditions):
+            conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Recovered",
                                        f"all replicas running (generation {generation})", now)
     else:
         phase = Phase.PENDING if mem.phase is Phase.PENDING else Phase.RECOVERING
     if phase is Phase.RUNNING or mem.phase is not Phase.PENDING:
-        conditions = set_condition(conditions, "Running", phase is Phase.RUNNING,
+        conditions = set_condition(conditions, ConditionType.RUNNING, phase is Phase.RUNNING,
                                    "AllReplicasRunning" if phase is Phase.RUNNING else phase.value, "", now)
     mem = dataclasses.replace(
         mem,
         phase=phase,
         generation=generation,
         created_at=created_at,
+        seen=frozenset(seen),
         replacing=frozenset(replacing),
         restart_times=restart_times,
         restarts=restarts,

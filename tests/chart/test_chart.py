@@ -115,6 +115,7 @@ NAMESPACED = expand({
     ("training.cpr.dev", "trainingjobs/finalizers"): ("update",),
     ("", "pods"): ("get", "list", "watch", "create", "delete", "patch"),
     ("", "services"): ("get", "list", "watch", "create", "delete", "patch"),
+    ("", "persistentvolumeclaims"): ("get", "list", "create", "delete"),
     ("", "configmaps"): ("get", "list", "watch", "create", "delete", "patch"),
     ("", "events"): ("create",),
 })

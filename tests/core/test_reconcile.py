@@ -11,7 +11,6 @@ from trainingjob_operator.api.spec import Role, TrainingJobSpec
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.reconcile import (
     CREATE_GRACE_S,
-    STARTUP_GRACE_MIN_S,
     CreateReplica,
     Decision,
     DeleteReplica,
@@ -91,6 +90,32 @@ def test_a_created_replica_not_yet_observed(age: float, expected: list[tuple[str
     assert kinds(decision) == expected
 
 
+def test_a_replica_that_was_observed_and_disappears_is_replaced_at_once() -> None:
+    """kubectl delete pod on a young pod: no waiting out the create grace of its first creation."""
+    memory = running_memory(created_at={**running_memory().created_at, "trainer-1": NOW - 2})
+    observed = reconcile(make_spec(), cluster(), memory, NOW)
+    assert "trainer-1" in observed.memory.seen
+    gone = reconcile(make_spec(), cluster(trainer_1=None), observed.memory, NOW + 0.5)
+    assert kinds(gone) == [("RecordFailure", "trainer-1"), ("CreateReplica", "trainer-1")]
+    assert gone.actions[0].failure.reason == "Deleted"
+    assert "trainer-1" not in gone.memory.seen  # its replacement is not observed yet: watch-lag grace again
+    lag = reconcile(make_spec(), cluster(trainer_1=None), gone.memory, NOW + 1.0)
+    assert lag.actions == []
+
+
+@pytest.mark.parametrize(("timeout", "silent_for", "failed"), [
+    pytest.param(1800.0, 1200.0, False, id="a-large-shard-still-loading"),
+    pytest.param(1800.0, 1801.0, True, id="past-the-spec-timeout"),
+    pytest.param(60.0, 61.0, True, id="a-short-timeout"),
+])
+def test_the_no_heartbeat_grace_follows_the_spec(timeout: float, silent_for: float, failed: bool) -> None:
+    spec = make_spec(startupTimeoutSeconds=timeout)
+    obs = replica(E1, heartbeat_at=None, started_at=NOW - silent_for)
+    decision = reconcile(spec, cluster(embedding_server_1=obs), running_memory(), NOW)
+    assert kinds(decision) == ([("RecordFailure", "embedding-server-1"), ("DeleteReplica", "embedding-server-1")]
+                               if failed else [])
+
+
 def test_all_running_is_running() -> None:
     decision = reconcile(make_spec(), cluster(), running_memory(phase=Phase.PENDING), NOW)
     assert decision.actions == []
@@ -105,7 +130,7 @@ FAILURES = pytest.mark.parametrize(("observed", "reason", "exit_code"), [
     pytest.param(replica(T1, ReplicaPhase.FAILED, exit_code=137, reason="OOMKilled"), "OOMKilled", 137, id="oom"),
     pytest.param(replica(T1, ReplicaPhase.FAILED, reason="Evicted"), "Evicted", None, id="evicted"),
     pytest.param(replica(T1, heartbeat_at=NOW - 11), "HeartbeatTimeout", None, id="hung"),
-    pytest.param(replica(T1, heartbeat_at=None, started_at=NOW - STARTUP_GRACE_MIN_S - 1), "NoHeartbeat", None,
+    pytest.param(replica(T1, heartbeat_at=None, started_at=NOW - 601), "NoHeartbeat", None,
                  id="never-heartbeat"),
 ])
 

@@ -24,11 +24,11 @@ import kmock
 import kopf
 import pytest
 
+from tests.support.emulator import ApiServerEmulator
 from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.coordinator import OperatorContext
-from tests.support.emulator import ApiServerEmulator
 from trainingjob_operator.k8s.main import serve
 
 NAMESPACE = "ml"

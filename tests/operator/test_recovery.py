@@ -47,7 +47,8 @@ async def test_a_failed_pod_alone_is_replaced_and_every_other_pod_keeps_its_uid(
     [failure] = coord.failures()
     assert failure | {"time": None} == {
         "role": "trainer", "rank": 1, "pod": "cpr-trainer-1", "instance": before["cpr-trainer-1"],
-        "reason": "ExitCode1", "exit_code": 1, "time": None, "generation": 1, "mode": "partial"}
+        "reason": "ExitCode1", "exit_code": 1, "time": None, "generation": 1, "mode": "partial",
+        "samples": 0}  # samples at failure: the PLS reference point (nothing trained in this emulated job)
 
     # A Kubernetes Event names the pod and the reason.
     event = await eventually(lambda: next((e for e in cluster.events("cpr") if e["reason"] == "ReplicaFailed"), None),

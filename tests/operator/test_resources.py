@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,7 +11,15 @@ from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.api.loading import ManifestError
 from trainingjob_operator.api.spec import Role, TrainingJob, spec_from_json
 from trainingjob_operator.k8s import resources
-from trainingjob_operator.k8s.resources import Owner, admit, render_config_map, render_pod, render_service
+from trainingjob_operator.k8s.resources import (
+    Owner,
+    admit,
+    checkpoint_durability,
+    render_checkpoint_claims,
+    render_config_map,
+    render_pod,
+    render_service,
+)
 from trainingjob_operator.reconcile import ReplicaId
 
 OWNER = Owner(name="job", uid="uid-1")
@@ -50,7 +59,7 @@ def test_pod_env_contract() -> None:
         "TJ_SPEC": {"configMapKeyRef": {"name": "job-spec", "key": "spec.json"}},
         "POD_IP": {"fieldRef": {"fieldPath": "status.podIP"}},
         "TJ_INSTANCE": {"fieldRef": {"fieldPath": "metadata.uid"}},
-        "TJ_GENERATION": "2", "TJ_CHECKPOINT_DIR": "/checkpoints",
+        "TJ_GENERATION": "2", "TJ_CHECKPOINT_DIR": "/checkpoints", "TJ_GRPC_PORT": "50051",
     }
     assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "dlrm_trainer"]
 
@@ -90,18 +99,77 @@ def test_servers_have_grpc_health_probes(role: Role, probed: bool) -> None:
     assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
 
 
-@pytest.mark.parametrize(("storage", "volume"), [
-    pytest.param(None, {"name": "checkpoints", "emptyDir": {}}, id="default-emptydir"),
-    pytest.param("pvc:ckpt-claim", {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt-claim"}},
-                 id="pvc"),
+@pytest.mark.parametrize(("checkpoint", "volume"), [
+    pytest.param({}, {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "checkpoints-job-{pod}"}},
+                 id="default-claim-per-replica"),
+    pytest.param({"storage": "pvc:ckpt-claim"},
+                 {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt-claim"}}, id="pvc-shorthand"),
+    pytest.param({"volume": {"kind": "sharedClaim", "claimName": "rwx"}},
+                 {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "rwx"}}, id="shared-claim"),
+    pytest.param({"volume": {"kind": "emptyDir"}}, {"name": "checkpoints", "emptyDir": {}}, id="explicit-emptydir"),
 ])
-def test_embedding_servers_mount_their_checkpoint_volume(storage: str | None, volume: dict[str, Any]) -> None:
-    job = make_job(recovery={"checkpoint": {"storage": storage}} if storage else {})
-    pod = render_pod(job, ReplicaId(Role.EMBEDDING_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0)
-    assert pod["spec"]["volumes"] == [volume]
+@pytest.mark.parametrize("server", [ReplicaId(Role.EMBEDDING_SERVER, 1), ReplicaId(Role.SYNC_SERVER, 0)],
+                         ids=["embedding-server", "sync-server"])
+def test_servers_mount_their_checkpoint_volume(checkpoint: dict[str, Any], volume: dict[str, Any],
+                                               server: ReplicaId) -> None:
+    job = make_job(recovery={"checkpoint": checkpoint})
+    pod = render_pod(job, server, owner=OWNER, redis_url=REDIS, generation=0)
+    expected = json.loads(json.dumps(volume).replace("{pod}", f"{server.role.value}-{server.rank}"))
+    assert pod["spec"]["volumes"] == [expected]
     assert pod["spec"]["containers"][0]["volumeMounts"] == [{"name": "checkpoints", "mountPath": "/checkpoints"}]
+    assert env_of(pod)["TJ_CHECKPOINT_DIR"] == "/checkpoints"
     trainer = render_pod(job, ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
     assert "volumes" not in trainer["spec"]
+
+
+def test_one_owned_claim_per_server_rank_by_default() -> None:
+    job = make_job(replicas={"embeddingServer": {"replicas": 3}},
+                   recovery={"checkpoint": {"volume": {"size": "50Gi", "storageClassName": "fast"}}})
+    claims = render_checkpoint_claims(job, owner=OWNER)
+    assert [c["metadata"]["name"] for c in claims] == [
+        "checkpoints-job-embedding-server-0", "checkpoints-job-embedding-server-1",
+        "checkpoints-job-embedding-server-2", "checkpoints-job-sync-server-0"]
+    for claim in claims:
+        assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}},
+                                 "storageClassName": "fast"}
+        assert claim["metadata"]["ownerReferences"][0]["uid"] == "uid-1"  # deleted with the job
+    retained = render_checkpoint_claims(make_job(recovery={"checkpoint": {"volume": {"retainPolicy": "Retain"}}}),
+                                        owner=OWNER)
+    assert retained and all("ownerReferences" not in c["metadata"] for c in retained)
+    for other in ({"kind": "emptyDir"}, {"kind": "sharedClaim", "claimName": "rwx"}):
+        assert render_checkpoint_claims(make_job(recovery={"checkpoint": {"volume": other}}), owner=OWNER) == []
+
+
+@pytest.mark.parametrize(("volume", "durable", "reason"), [
+    pytest.param({}, True, "ClaimPerReplica", id="default"),
+    pytest.param({"kind": "sharedClaim", "claimName": "rwx"}, True, "SharedClaim", id="shared"),
+    pytest.param({"kind": "emptyDir"}, False, "EmptyDir", id="emptydir-warns"),
+])
+def test_checkpoint_durability_condition(volume: dict[str, Any], durable: bool, reason: str) -> None:
+    got = checkpoint_durability(make_job(recovery={"checkpoint": {"volume": volume}}))
+    assert got[:2] == (durable, reason)
+    if not durable:
+        assert "loses every update" in got[2]
+
+
+def test_pods_run_as_the_images_non_root_user_and_can_write_their_volume() -> None:
+    for rid in (ReplicaId(Role.EMBEDDING_SERVER, 0), ReplicaId(Role.TRAINER, 0)):
+        pod = render_pod(make_job(), rid, owner=OWNER, redis_url=REDIS, generation=0)
+        assert pod["spec"]["securityContext"] | {} == {
+            "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["spec"]["containers"][0]["securityContext"] == {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(("timeout", "threshold"), [(600.0, 120), (1800.0, 360), (12.0, 3)])
+def test_the_startup_probe_allows_the_spec_startup_timeout(timeout: float, threshold: int) -> None:
+    job = make_job(recovery={"startupTimeoutSeconds": max(timeout, 10.0)})
+    probe = render_pod(job, ReplicaId(Role.EMBEDDING_SERVER, 0), owner=OWNER, redis_url=REDIS,
+                       generation=0)["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= timeout
+    assert probe["failureThreshold"] == threshold
 
 
 def test_headless_service_selects_the_jobs_pods() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -14,18 +15,26 @@ from trainingjob_operator.api.spec import Role
 from trainingjob_operator.coordination import Coordination
 
 log = logging.getLogger("dlrm_trainer")
-SERVER_WAIT_S = 600.0
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, port: int, stop_server: Callable[[], None]) -> int:
-    stop = stop_event_on_signals()
-    coord.register(renv.role.value, renv.rank, endpoint(renv.host, port), renv.instance)
+def start_heartbeat(renv: ReplicaEnv, coord: Coordination) -> Heartbeat:
+    """Join the job without an endpoint and heartbeat from now on: the coordinator then knows this
+    replica is alive while it loads its shard (minutes for a large one), and clients wait for its
+    endpoint instead of calling its dead predecessor's."""
+    coord.register(renv.role.value, renv.rank, "", renv.instance)
     heartbeat = Heartbeat(coord, renv)
     heartbeat.start()
+    return heartbeat
+
+
+def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, heartbeat: Heartbeat, port: int,
+                         stop_server: Callable[[], None]) -> int:
+    stop = stop_event_on_signals()
+    coord.register(renv.role.value, renv.rank, endpoint(renv.host, port), renv.instance)
     log.info("%s serving on %s:%d", renv.name, renv.host, port)
     stop.wait()
     heartbeat.stop()
@@ -41,7 +50,7 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
     report = checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord)
     trained = coord.total_samples(spec.replicas.trainer.replicas)
     lost = 0
-    full_recovery = coord.r.get(coord.key("recovery_mode")) == "full"
+    full_recovery = coord.recovery_mode() == "full"
     if trained > 0 and not full_recovery:
         # A replacement mid-job: this shard's updates from samples between the restored checkpoint and
         # the failure are gone. Updates sent after the failure were retried against this replacement.
@@ -59,6 +68,7 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
 def run_embedding_server(renv: ReplicaEnv) -> int:
     spec = renv.spec
     coord = coordination(renv)
+    heartbeat = start_heartbeat(renv, coord)
     num_shards = spec.replicas.embedding_server.replicas
     tables = embedding_server.ShardTables.initialise(
         spec.model.rows(), spec.model.embedding_dim, num_shards, renv.rank, spec.data.seed)
@@ -75,13 +85,13 @@ def run_embedding_server(renv: ReplicaEnv) -> int:
         shard, writer, spec.recovery.checkpoint, checkpoint.tuned_interval(spec.recovery.checkpoint, coord),
         progress=lambda: coord.total_samples(trainers), on_error=on_error, seed=spec.data.seed + renv.rank,
     ).start()
-    server = embedding_server.serve(shard, host="0.0.0.0")
+    server = embedding_server.serve(shard, host="0.0.0.0", port=renv.port)
 
     def stop() -> None:
         saver.stop(final=False, timeout_s=10)
         server.stop()
 
-    return _serve_until_stopped(renv, coord, server.port, stop)
+    return _serve_until_stopped(renv, coord, heartbeat, server.port, stop)
 
 
 class _LoggingCoordination:
@@ -105,9 +115,10 @@ class _LoggingCoordination:
 def run_sync_server(renv: ReplicaEnv) -> int:
     spec = renv.spec
     coord = coordination(renv)
+    heartbeat = start_heartbeat(renv, coord)
     service = sync_server.SyncService(spec.replicas.trainer.replicas, spec.training.sync.block_momentum,
                                       spec.training.sync.block_learning_rate)
-    if spec.recovery.mode.value == "full" and coord.total_samples(spec.replicas.trainer.replicas) > 0:
+    if coord.recovery_mode() == "full" and coord.total_samples(spec.replicas.trainer.replicas) > 0:
         # Full recovery rolls the dense copy back too; partial recovery re-seeds from a live trainer.
         dense = checkpoint.load_dense(renv.checkpoint_dir)
         if dense.flat is not None:
@@ -115,30 +126,38 @@ def run_sync_server(renv: ReplicaEnv) -> int:
         log.info("sync-server: dense checkpoint %s", dense.id or "none")
     saver = sync_server.DenseCheckpointer(service, renv.checkpoint_dir, checkpoint.tuned_interval(
         spec.recovery.checkpoint, coord), lambda: coord.total_samples(spec.replicas.trainer.replicas)).start()
-    server = sync_server.serve(service, host="0.0.0.0")
+    server = sync_server.serve(service, host="0.0.0.0", port=renv.port)
 
     def stop() -> None:
         saver.stop()
         server.stop()
 
-    return _serve_until_stopped(renv, coord, server.port, stop)
+    return _serve_until_stopped(renv, coord, heartbeat, server.port, stop)
 
 
 def _resolver(coord: Coordination, role: Role, rank: int) -> Callable[[], str | None]:
     def resolve() -> str | None:
         member = coord.member(role.value, rank)
-        return member.endpoint if member is not None else None
+        return member.endpoint or None if member is not None else None
 
     return resolve
 
 
-def wait_for_servers(coord: Coordination, renv: ReplicaEnv, timeout_s: float = SERVER_WAIT_S) -> None:
+def wait_for_servers(coord: Coordination, renv: ReplicaEnv, timeout_s: float | None = None) -> None:
+    """Until every server serves (registered an endpoint); a trainer shows whom it waits for."""
     spec = renv.spec
+    timeout_s = spec.recovery.peer_wait_seconds if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     needed = {Role.EMBEDDING_SERVER: spec.replicas.embedding_server.replicas, Role.SYNC_SERVER: 1}
+    shown: list[str] = []
     while True:
         missing = [f"{role.value}-{r}" for role, n in needed.items() for r in range(n)
-                   if coord.member(role.value, r) is None]
+                   if (m := coord.member(role.value, r)) is None or not m.endpoint]
+        if missing != shown:
+            shown = missing
+            previous = coord.progress(renv.rank)
+            if previous is not None and not previous.done:
+                coord.report_progress(dataclasses.replace(previous, waiting_for=tuple(missing)))
         if not missing:
             return
         if time.monotonic() > deadline:
@@ -158,9 +177,12 @@ def run_trainer(renv: ReplicaEnv) -> int:
     heartbeat = Heartbeat(coord, renv)
     heartbeat.start()
     wait_for_servers(coord, renv)
-    emb_clients = [Client(embedding_server.SERVICE, _resolver(coord, Role.EMBEDDING_SERVER, r))
+    wait_s = spec.recovery.peer_wait_seconds  # survivors wait for a lost server's replacement, not crash
+    emb_clients = [Client(embedding_server.SERVICE, _resolver(coord, Role.EMBEDDING_SERVER, r), wait_s,
+                          peer=f"{Role.EMBEDDING_SERVER.value}-{r}")
                    for r in range(spec.replicas.embedding_server.replicas)]
-    sync_client = Client(sync_server.SERVICE, _resolver(coord, Role.SYNC_SERVER, 0))
+    sync_client = Client(sync_server.SERVICE, _resolver(coord, Role.SYNC_SERVER, 0), wait_s,
+                         peer=f"{Role.SYNC_SERVER.value}-0")
     device = choose_device(spec.training.device)
     trainer = Trainer(spec, renv.rank, coord, data_source(spec), emb_clients, sync_client, device)
     previous = coord.progress(renv.rank)

@@ -9,6 +9,7 @@ Kubernetes probes natively.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent import futures
@@ -31,6 +32,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 _META = "__meta__"
+ATTEMPT_S = 30.0  # one attempt of a call; a call retries attempts until its deadline
 
 
 @dataclass
@@ -69,7 +71,12 @@ class Server:
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, rpc_handlers)])
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # grpc raises when the address is taken
+            raise OSError(f"{service}: cannot serve on {host}:{port}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"{service}: cannot serve on {host}:{port}")
         self.service = service
 
     def start(self) -> None:
@@ -111,10 +118,14 @@ def stalled_seconds(clients: list[Client]) -> float:
 class Client:
     """Calls one server. ``resolve`` re-reads the endpoint (from Redis) after the peer was replaced."""
 
-    def __init__(self, service: str, resolve: Callable[[], str | None], deadline_s: float = 60.0) -> None:
+    def __init__(self, service: str, resolve: Callable[[], str | None], deadline_s: float = 60.0,
+                 peer: str = "") -> None:
         self.service = service
+        self.peer = peer or service  # who is called, for "waiting for embedding-server-1"
         self._resolve = resolve
-        self.deadline_s = deadline_s
+        self.deadline_s = deadline_s  # how long a call waits for an unavailable (replaced) peer
+        self._waiting = 0  # calls now waiting for the peer (Hogwild threads and the shadow thread)
+        self._waiting_lock = threading.Lock()
         self._endpoint: str | None = None
         self._channel: grpc.Channel | None = None
         self._stale = True
@@ -125,7 +136,7 @@ class Client:
         if not self._stale and self._channel is not None:
             return self._channel
         endpoint = self._resolve()
-        if endpoint is None:
+        if not endpoint:  # none registered yet: a replacement registers once its shard is loaded
             raise ConnectionError(f"{self.service}: no endpoint registered")
         if endpoint != self._endpoint or self._channel is None:
             if self._channel is not None:
@@ -143,28 +154,42 @@ class Client:
 
     def call(self, method: str, request: Message, deadline_s: float | None = None) -> Message:
         """Call with retries until the deadline: an unavailable peer is re-resolved and waited for."""
-        deadline = time.monotonic() + (deadline_s or self.deadline_s)
+        wait_s = deadline_s or self.deadline_s
+        deadline = time.monotonic() + wait_s
         backoff = 0.05
         first_failure: float | None = None
-        while True:
-            try:
-                remaining = max(0.1, deadline - time.monotonic())
-                response: Message = self._callable(method)(request, timeout=min(remaining, 30.0))
-                if first_failure is not None:
-                    self.stalls.append((first_failure, time.monotonic()))
-                return response
-            except (grpc.RpcError, ConnectionError) as exc:
-                code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
-                    raise
-                if first_failure is None:
-                    first_failure = time.monotonic()
-                if time.monotonic() + backoff > deadline:
-                    raise TimeoutError(f"{self.service}.{method}: peer unavailable until deadline") from exc
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                self._stale = True  # resolve again: the peer may have been replaced
+        try:
+            while True:
+                try:
+                    remaining = max(0.1, deadline - time.monotonic())
+                    response: Message = self._callable(method)(request, timeout=min(remaining, ATTEMPT_S))
+                    if first_failure is not None:
+                        self.stalls.append((first_failure, time.monotonic()))
+                    return response
+                except (grpc.RpcError, ConnectionError) as exc:
+                    code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
+                    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                        raise
+                    if first_failure is None:
+                        first_failure = time.monotonic()
+                        with self._waiting_lock:
+                            self._waiting += 1
+                    if time.monotonic() + backoff > deadline:
+                        raise TimeoutError(
+                            f"{self.service}.{method}: {self.peer} unavailable for {wait_s:.0f}s") from exc
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    self._stale = True  # resolve again: the peer may have been replaced
+        finally:
+            if first_failure is not None:
+                with self._waiting_lock:
+                    self._waiting -= 1
+
+    @property
+    def waiting(self) -> bool:
+        """Some call is waiting for this peer right now (it is down or being replaced)."""
+        return self._waiting > 0
 
     @property
     def stalled_s(self) -> float:
@@ -172,7 +197,7 @@ class Client:
 
     def call_async(self, method: str, request: Message) -> grpc.Future:
         """Fire without retries (the caller falls back to ``call`` on failure)."""
-        future: grpc.Future = self._callable(method).future(request, timeout=self.deadline_s)
+        future: grpc.Future = self._callable(method).future(request, timeout=min(self.deadline_s, ATTEMPT_S))
         return future
 
     def close(self) -> None:

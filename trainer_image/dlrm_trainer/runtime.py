@@ -2,7 +2,9 @@
 
 Env contract (ARCHITECTURE.md §7): TJ_JOB, TJ_NAMESPACE, TJ_ROLE, TJ_RANK, TJ_REDIS_URL,
 TJ_SPEC (JSON) or TJ_SPEC_FILE, POD_IP, TJ_INSTANCE (pod UID; the pid locally), TJ_GENERATION,
-TJ_CHECKPOINT_DIR. Exit code 78 means a configuration error that no restart can fix.
+TJ_CHECKPOINT_DIR, TJ_GRPC_PORT (the port a server serves on: the one its pod declares and probes;
+0 picks a free one). The operator and the local supervisor render it with the same function
+(``trainingjob_operator.core.contract``). Exit code 78 means a configuration error that no restart can fix.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ReplicaEnv:
     instance: str
     generation: int
     checkpoint_dir: Path
+    port: int = 0
 
     @property
     def name(self) -> str:
@@ -74,6 +77,12 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
     if not 0 <= rank < count:
         raise ConfigError(f"TJ_RANK={rank} is out of range for {count} {role.value} replicas")
     job = _require(env, "TJ_JOB")
+    try:
+        port = int(env.get("TJ_GRPC_PORT") or 0)
+    except ValueError:
+        raise ConfigError(f"TJ_GRPC_PORT must be an integer, got {env.get('TJ_GRPC_PORT')!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"TJ_GRPC_PORT must be a port number (0-65535), got {port}")
     return ReplicaEnv(
         job=job,
         namespace=env.get("TJ_NAMESPACE", "default"),
@@ -86,6 +95,7 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
         generation=int(env.get("TJ_GENERATION", "0") or 0),
         checkpoint_dir=Path(
             env.get("TJ_CHECKPOINT_DIR") or spec.recovery.checkpoint.storage or f"runs/{job}/checkpoints"),
+        port=port,
     )
 
 

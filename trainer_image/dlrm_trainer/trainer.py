@@ -193,7 +193,12 @@ class Trainer:
         c = self.counters
         self.coord.report_progress(Progress(
             rank=self.rank, samples=c.samples, cursor=reader.cursor, loss=c.loss_ema,
-            samples_per_second=c.samples / elapsed, updated=time.time(), done=done))
+            samples_per_second=c.samples / elapsed, updated=time.time(), done=done, waiting_for=self.waiting_for()))
+
+    def waiting_for(self) -> tuple[str, ...]:
+        """The servers a call of this trainer is blocked on right now (a lost shard's replacement)."""
+        clients = [*self.embeddings.clients, *([self.sync_client] if self.sync_client is not None else [])]
+        return tuple(c.peer for c in clients if c.waiting)
 
     def train(self, start_cursor: int = 0, resumed_samples: int = 0) -> dict:
         spec = self.spec

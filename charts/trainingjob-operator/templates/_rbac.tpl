@@ -6,6 +6,8 @@ RBAC rules for the namespaced objects the operator touches. Each verb is here fo
   which clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require;
 - pods: create replicas, delete failed/finished ones, watch them to detect failures, patch labels;
 - services (headless per job) and configmaps (spec file): create, keep up to date, delete;
+- persistentvolumeclaims: one checkpoint claim per server rank (recovery.checkpoint.volume), created
+  before the pods and deleted with the job unless its retainPolicy is Retain (no patch: claims are immutable);
 - events: kopf and the operator post Kubernetes Events (create only).
 Nothing else grants update; nothing grants deletecollection, pods/exec, pods/log or secrets.
 Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
@@ -26,6 +28,9 @@ Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

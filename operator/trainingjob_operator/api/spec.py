@@ -254,6 +254,46 @@ class CheckpointStrategy(enum.StrEnum):
     SSU = "ssu"  # sub-sampled set of used rows
 
 
+class CheckpointVolumeKind(enum.StrEnum):
+    CLAIM_PER_REPLICA = "claimPerReplica"  # one PVC per server rank, created and owned by the operator
+    SHARED_CLAIM = "sharedClaim"  # one existing claim for every server (needs ReadWriteMany)
+    EMPTY_DIR = "emptyDir"  # dies with the pod: a replacement loses its shard
+
+
+class AccessMode(enum.StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+    READ_WRITE_MANY = "ReadWriteMany"
+
+
+class RetainPolicy(enum.StrEnum):
+    DELETE = "Delete"  # claims are owned by the TrainingJob and deleted with it
+    RETAIN = "Retain"  # claims outlive the job (no ownerReference)
+
+
+class CheckpointVolumeSpec(ApiModel):
+    """Where servers keep checkpoints on Kubernetes. The default survives pod replacement without
+    ReadWriteMany: every embedding-server rank and the sync server get a claim of their own."""
+
+    kind: CheckpointVolumeKind = Field(
+        default=CheckpointVolumeKind.CLAIM_PER_REPLICA, description="claimPerReplica, sharedClaim or emptyDir.")
+    size: str = Field(default="10Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
+                      description="claimPerReplica: requested storage per claim (a Kubernetes quantity).")
+    storage_class_name: str | None = Field(
+        default=None, description="claimPerReplica: storage class; unset uses the cluster's default class.")
+    access_modes: list[AccessMode] = Field(
+        default_factory=lambda: [AccessMode.READ_WRITE_ONCE], min_length=1, description="claimPerReplica: access modes.")
+    claim_name: str | None = Field(default=None, description="sharedClaim: the existing claim's name.")
+    retain_policy: RetainPolicy = Field(
+        default=RetainPolicy.DELETE, description="claimPerReplica: Delete (with the job) or Retain.")
+
+    @model_validator(mode="after")
+    def _shared_needs_name(self) -> CheckpointVolumeSpec:
+        if self.kind is CheckpointVolumeKind.SHARED_CLAIM and not self.claim_name:
+            raise ValueError("claimName is required when kind is sharedClaim")
+        return self
+
+
 class CheckpointSpec(ApiModel):
     strategy: CheckpointStrategy = Field(default=CheckpointStrategy.FULL, description="full, mfu or ssu.")
     interval_seconds: float | None = Field(
@@ -266,8 +306,19 @@ class CheckpointSpec(ApiModel):
     sample_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="SSU: share of accessed rows sampled.")
     full_every: int = Field(default=4, ge=1, description="MFU/SSU: every this many saves is a full save.")
     storage: str | None = Field(
-        default=None, description="Checkpoint directory (a volume on Kubernetes); default runs/<job>/checkpoints."
-    )
+        default=None, description="Local runs: checkpoint directory, default runs/<job>/checkpoints. "
+        "'pvc:<claim>' is the short form of volume {kind: sharedClaim, claimName: <claim>}.")
+    volume: CheckpointVolumeSpec = Field(default_factory=CheckpointVolumeSpec)
+
+    @model_validator(mode="after")
+    def _pvc_shorthand(self) -> CheckpointSpec:
+        if self.storage and self.storage.startswith("pvc:"):
+            claim = self.storage.removeprefix("pvc:")
+            if not claim:
+                raise ValueError("storage 'pvc:' needs a claim name ('pvc:<claim>')")
+            self.volume = CheckpointVolumeSpec(kind=CheckpointVolumeKind.SHARED_CLAIM, claim_name=claim)
+            self.storage = None
+        return self
 
     @model_validator(mode="after")
     def _interval_bounds(self) -> CheckpointSpec:
@@ -296,6 +347,14 @@ class RecoverySpec(ApiModel):
     heartbeat_timeout_seconds: float = Field(
         default=15.0, gt=0.0, description="A replica silent this long is treated as failed (hung)."
     )
+    startup_timeout_seconds: float = Field(
+        default=600.0, ge=10.0, le=86_400.0,
+        description="A started replica may take this long to heartbeat for the first time, and a server this "
+        "long to serve (its startup probe's budget): importing torch and loading a large shard take minutes.")
+    peer_wait_seconds: float = Field(
+        default=1800.0, ge=10.0, le=86_400.0,
+        description="Trainers wait this long for a lost server's replacement (scheduling, image pull, shard "
+        "load) before giving up; they show 'waiting for <replica>' meanwhile.")
 
 
 class RedisSpec(ApiModel):

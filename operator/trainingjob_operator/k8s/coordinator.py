@@ -40,6 +40,13 @@ from trainingjob_operator.api.loading import ManifestError
 from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob, TrainingJobSpec
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.core.recovery import (
+    RollbackPoint,
+    failure_record,
+    resolve_mode,
+    rollback_point,
+    trainer_rollbacks,
+)
 from trainingjob_operator.k8s import resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.kube import Kube, KubeError, NotFound
@@ -55,6 +62,9 @@ from trainingjob_operator.k8s.reporting import (
     summarize_progress,
 )
 from trainingjob_operator.reconcile import (
+    HUNG_REASONS,
+    ConditionType,
+    CreateReason,
     CreateReplica,
     Decision,
     DeleteReplica,
@@ -65,12 +75,13 @@ from trainingjob_operator.reconcile import (
     ReplicaPhase,
     iso,
     reconcile,
+    set_condition,
 )
+from trainingjob_operator.tuner import plan_interval
 
 JobKey = tuple[str, str]  # (namespace, name)
 T = TypeVar("T")
 
-HUNG_REASONS = frozenset({"HeartbeatTimeout", "NoHeartbeat"})  # alive but silent: no grace period
 
 
 # --- shared by every job of one operator ----------------------------------------------------------
@@ -151,35 +162,6 @@ def read_progress(coord: Coordination, spec: TrainingJobSpec) -> RedisView:
     return RedisView(summary, round(pls, 6) if pls is not None else None, last)
 
 
-def plan_interval(
-    coord: Coordination, spec: TrainingJobSpec, started: float, now: float, view: RedisView | None
-) -> tuning.IntervalDecision:
-    """THE call site of the tuning module: measured costs and the failure log in, interval out.
-
-    The decision's interval is written to Redis (embedding servers read it) when it changed.
-    """
-    def mean(values: list[float]) -> float | None:
-        return sum(values) / len(values) if values else None
-
-    failures = [
-        tuning.FailureObservation(role=str(f["role"]), rank=int(f["rank"]), time_s=max(0.0, float(f["time"]) - started))
-        for f in coord.failures() if {"role", "rank", "time"} <= f.keys()
-    ]
-    measurements = tuning.Measurements(
-        o_save_s=mean(coord.costs("o_save")), o_load_s=mean(coord.costs("o_load")),
-        o_res_s=mean(coord.costs("o_res")),
-        samples_per_second=view.progress.samples_per_second if view is not None else None,
-    )
-    inputs = tuning.TuningInputs.from_spec(
-        spec, measurements=measurements, failures=failures, observed_seconds=max(0.0, now - started),
-        measured_pls=view.pls if view is not None else None,
-    )
-    decision = tuning.plan(inputs)
-    if coord.interval() != decision.interval_s:
-        coord.set_interval(decision.interval_s)
-    return decision
-
-
 # --- one job --------------------------------------------------------------------------------------
 
 
@@ -207,6 +189,7 @@ class JobCoordinator:
         self.heartbeats: HeartbeatSnapshot | None = None
         self.view: RedisView | None = None
         self.plan: tuning.IntervalDecision | None = None
+        self.rollback: RollbackPoint | None = None  # full recovery: where replaced trainers resume
         self._tuning: asyncio.Task[None] | None = None
         self.next_refresh_at = 0.0
         self.next_progress_at = 0.0
@@ -264,6 +247,11 @@ class JobCoordinator:
             # A brand-new job: drop what an earlier job of the same name left in Redis.
             await self._redis(lambda c: c.clear())
         await self._ensure_children()
+        durable, reason, message = resources.checkpoint_durability(self.job)
+        self.memory = dataclasses.replace(self.memory, conditions=set_condition(
+            self.memory.conditions, ConditionType.CHECKPOINTS_DURABLE, durable, reason, message, self.clock()))
+        if not durable:
+            kopf.event(self.body, type="Warning", reason="EphemeralCheckpoints", message=message)  # type: ignore[arg-type]
         await self._tune(self.clock())  # before the first step: ``auto`` needs a mode to start with
         self.next_tune_at = self.clock() + self.ctx.config.tune_every_s
         return True
@@ -274,6 +262,12 @@ class JobCoordinator:
         if not await self.ctx.kube.create_config_map(ns, config_map):
             await self.ctx.kube.patch_config_map(ns, config_map["metadata"]["name"], config_map["data"])
         await self.ctx.kube.create_service(ns, resources.render_service(self.job, owner=self.owner))
+        await self._ensure_claims()
+
+    async def _ensure_claims(self) -> None:
+        """Claims before pods: a server pod whose claim does not exist yet would wait Pending for it."""
+        for claim in resources.render_checkpoint_claims(self.job, owner=self.owner):
+            await self.ctx.kube.create_claim(self.job.namespace, claim)
 
     # --- one step ---------------------------------------------------------------------------------
     async def step(self) -> None:
@@ -295,10 +289,7 @@ class JobCoordinator:
 
     def effective_mode(self) -> str:
         """partial or full; ``auto`` follows the tuning module's benefit test (partial until it ran)."""
-        mode = self.job.spec.recovery.mode
-        if mode is RecoveryMode.AUTO:
-            return self.plan.mode_chosen if self.plan is not None else RecoveryMode.PARTIAL.value
-        return mode.value
+        return resolve_mode(self.job.spec.recovery.mode, self.plan.mode_chosen if self.plan else None).value
 
     async def _follow_spec(self) -> None:
         raw = self.body.get("spec")
@@ -313,6 +304,7 @@ class JobCoordinator:
         self.job, self.redis_url = job, url
         await self.ctx.kube.patch_config_map(job.namespace, resources.config_map_name(job.name),
                                              {resources.SPEC_KEY: job.spec_json()})
+        await self._ensure_claims()
         self.next_tune_at = 0.0
 
     def _observe(self, now: float) -> dict[ReplicaId, ObservedReplica]:
@@ -333,6 +325,13 @@ class JobCoordinator:
                 await self._delete(action, observed.get(action.id), hung)
         for record in records:
             await self._record_failure(record)
+        rollbacks = trainer_rollbacks(decision.actions, RecoveryMode(self.effective_mode()), self.rollback)
+        if rollbacks:
+            def roll_back(c: Coordination) -> None:
+                for rank, p in rollbacks.items():
+                    c.set_trainer_cursor(rank, p.cursor, p.samples)
+
+            await self._redis(roll_back)
         for action in decision.actions:
             if isinstance(action, CreateReplica):
                 memory = await self._create(action, memory)
@@ -361,7 +360,7 @@ class JobCoordinator:
         except KubeError as e:
             self.log.error("pod create failed; retrying", pod=name, error=str(e))
             return _forget_create(memory, action)
-        if action.reason == "Replacement":
+        if action.reason is CreateReason.REPLACEMENT:
             failed_at = self.failed_at.get(action.generation)
             if failed_at is not None:
                 self.ctx.metrics.failure_to_replacement.observe(max(0.0, self.clock() - failed_at))
@@ -375,15 +374,21 @@ class JobCoordinator:
         f = record.failure
         pod = resources.pod_name(self.job.name, f.id)
         self.failed_at.setdefault(record.generation, f.time)
-        fields = {"role": f.id.role.value, "rank": f.id.rank, "pod": pod, "instance": f.instance,
-                  "reason": f.reason, "exit_code": f.exit_code, "time": f.time,
-                  "generation": record.generation, "mode": record.mode}
+        spec = self.job.spec
 
-        def write(c: Coordination) -> None:
+        def write(c: Coordination) -> RollbackPoint | None:
             c.set_generation(record.generation)
-            c.log_failure(**fields)
+            entry = failure_record(record, samples=c.total_samples(spec.replicas.trainer.replicas), replica=pod)
+            c.log_failure(**entry.to_stream())
+            if record.mode != RecoveryMode.FULL:
+                return None
+            pointers = [c.checkpoint_pointer(s) for s in range(spec.replicas.embedding_server.replicas)]
+            return rollback_point([p.get("progress") if p else None for p in pointers],
+                                  spec.replicas.trainer.replicas, spec.data.batch_size)
 
-        await self._redis(write)
+        point = await self._redis(write)
+        if point is not None:
+            self.rollback = point
         code = f" (exit code {f.exit_code})" if f.exit_code is not None else ""
         kopf.event(self.body, type="Warning", reason="ReplicaFailed",  # type: ignore[arg-type]
                    message=f"pod {pod} failed: {f.reason}{code}; {record.mode} recovery, "
@@ -427,7 +432,8 @@ class JobCoordinator:
     async def _tune(self, now: float) -> None:
         spec, started, view = self.job.spec, self.memory.start_time or now, self.view
         try:
-            plan = await self._redis(lambda c: plan_interval(c, spec, started, now, view))
+            sps = view.progress.samples_per_second if view is not None else None
+            plan = await self._redis(lambda c: plan_interval(c, spec, started, now, sps))
         except ValueError as e:  # inputs the tuning module rejects: keep the last plan
             self.log.warning("interval tuning failed", error=str(e))
             return

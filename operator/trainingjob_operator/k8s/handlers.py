@@ -179,7 +179,10 @@ async def delete_children(body: kopf.Body, name: str, namespace: str | None, mem
     await ctx.kube.delete_object(ns, "services", resources.service_name(name))
     await ctx.kube.delete_object(ns, "configmaps", resources.config_map_name(name))
     with contextlib.suppress(ManifestError):
-        _job, url = resources.admit(body, ctx.config.default_redis_url)
+        job, url = resources.admit(body, ctx.config.default_redis_url)
+        for claim in resources.render_checkpoint_claims(job, owner=resources.Owner.of(body)):
+            if claim["metadata"].get("ownerReferences"):  # retainPolicy Retain: the claims stay
+                await ctx.kube.delete_object(ns, "persistentvolumeclaims", claim["metadata"]["name"])
         coord = ctx.coordination(url, ns, name)
         with contextlib.suppress(Exception):
             await ctx.in_thread(coord.clear)

@@ -111,6 +111,15 @@ class Kube:
             return False
         return True
 
+    async def create_claim(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create a PersistentVolumeClaim; False when it exists already (a replacement reuses it)."""
+        try:
+            await self._call("post", _core(namespace, "persistentvolumeclaims"), "create persistentvolumeclaims",
+                             manifest)
+        except Conflict:
+            return False
+        return True
+
     async def create_config_map(self, namespace: str, manifest: dict[str, Any]) -> bool:
         try:
             await self._call("post", _core(namespace, "configmaps"), "create configmaps", manifest)

@@ -17,11 +17,22 @@ collector removes them with the job (the operator also deletes them itself, see 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from trainingjob_operator.api.loading import ManifestError, parse_manifest
-from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, Role, TrainingJob, default_image
+from trainingjob_operator.api.spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    CheckpointVolumeKind,
+    RetainPolicy,
+    Role,
+    TrainingJob,
+    default_image,
+)
+from trainingjob_operator.core import contract
 from trainingjob_operator.reconcile import ReplicaId
 
 LABEL_JOB = f"{GROUP}/job"
@@ -32,16 +43,16 @@ ANNOTATION_GENERATION = f"{GROUP}/generation"  # the recovery generation the pod
 APP_NAME = "dlrm-trainer"
 MANAGED_BY = "trainingjob-operator"
 CONTAINER = "dlrm"
-GRPC_PORT = 50051  # every server role serves gRPC (and grpc.health.v1) here
-CHECKPOINT_MOUNT = "/checkpoints"
+GRPC_PORT = contract.GRPC_PORT  # every server role serves gRPC (and grpc.health.v1) here
+CHECKPOINT_MOUNT = contract.CHECKPOINT_MOUNT
+CHECKPOINT_VOLUME = "checkpoints"
 SPEC_KEY = "spec.json"
-PVC_PREFIX = "pvc:"
 GPU_RESOURCE = "nvidia.com/gpu"
 TERMINATION_GRACE_S = 30  # servers flush and exit on SIGTERM; a dead pod is deleted with grace 0
+IMAGE_UID = 10001  # the trainer image's USER (trainer_image/Dockerfile)
+PROBE_PERIOD_S = 5
 
-# The pod env contract (ARCHITECTURE.md §7); role.env may not override these.
-CONTRACT_ENV = frozenset({"TJ_JOB", "TJ_NAMESPACE", "TJ_ROLE", "TJ_RANK", "TJ_REDIS_URL", "TJ_SPEC",
-                          "POD_IP", "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR"})
+CONTRACT_ENV = contract.CONTRACT_ENV
 SERVER_ROLES = frozenset({Role.EMBEDDING_SERVER, Role.SYNC_SERVER})
 
 
@@ -129,21 +140,18 @@ def _metadata(name: str, namespace: str, labels: dict[str, str], owner: Owner) -
 # --- the pod -----------------------------------------------------------------------------------
 
 
+def _env_var(name: str, value: contract.EnvValue) -> dict[str, Any]:
+    if isinstance(value, contract.FieldRef):
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": value.path}}}
+    if isinstance(value, contract.ConfigMapKey):
+        return {"name": name, "valueFrom": {"configMapKeyRef": {"name": value.name, "key": value.key}}}
+    return {"name": name, "value": value}
+
+
 def _env(job: TrainingJob, rid: ReplicaId, redis_url: str, generation: int) -> list[dict[str, Any]]:
-    contract: list[dict[str, Any]] = [
-        {"name": "TJ_JOB", "value": job.name},
-        {"name": "TJ_NAMESPACE", "value": job.namespace},
-        {"name": "TJ_ROLE", "value": rid.role.value},
-        {"name": "TJ_RANK", "value": str(rid.rank)},
-        {"name": "TJ_REDIS_URL", "value": redis_url},
-        {"name": "TJ_SPEC", "valueFrom": {"configMapKeyRef": {"name": config_map_name(job.name), "key": SPEC_KEY}}},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "TJ_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "TJ_GENERATION", "value": str(generation)},
-        {"name": "TJ_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT},
-    ]
-    extra = job.spec.replicas.for_role(rid.role).env
-    return [*({"name": k, "value": v} for k, v in sorted(extra.items()) if k not in CONTRACT_ENV), *contract]
+    placement = contract.pod_placement(config_map_name(job.name), SPEC_KEY)
+    env = contract.replica_env(job, rid, redis_url=redis_url, generation=generation, placement=placement)
+    return [_env_var(name, value) for name, value in env]
 
 
 def _resources(raw: dict[str, dict[str, int | str]]) -> dict[str, dict[str, int | str]]:
@@ -155,21 +163,85 @@ def _resources(raw: dict[str, dict[str, int | str]]) -> dict[str, dict[str, int 
     return out
 
 
-def _grpc_probes() -> dict[str, Any]:
+def _grpc_probes(job: TrainingJob) -> dict[str, Any]:
+    """Probes of a server. It serves only once its shard is loaded, so a started server is a ready one;
+    the startup probe allows ``recovery.startupTimeoutSeconds`` for imports and a large shard's load."""
     grpc = {"port": GRPC_PORT, "service": ""}  # grpc.health.v1, overall server health
+    startup_failures = max(1, math.ceil(job.spec.recovery.startup_timeout_seconds / PROBE_PERIOD_S))
     return {
-        # Loading a shard's checkpoint can take minutes: liveness starts once startup succeeds.
-        "startupProbe": {"grpc": grpc, "periodSeconds": 5, "failureThreshold": 120},
-        "readinessProbe": {"grpc": grpc, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"grpc": grpc, "periodSeconds": 10, "failureThreshold": 6},
+        "startupProbe": {"grpc": grpc, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 2,
+                         "failureThreshold": startup_failures},
+        "readinessProbe": {"grpc": grpc, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {"grpc": grpc, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
     }
 
 
-def checkpoint_volume(storage: str | None) -> dict[str, Any]:
-    """emptyDir by default (dies with the pod: fine for tests only), or ``pvc:<claimName>``."""
-    if storage and storage.startswith(PVC_PREFIX):
-        return {"name": "checkpoints", "persistentVolumeClaim": {"claimName": storage.removeprefix(PVC_PREFIX)}}
-    return {"name": "checkpoints", "emptyDir": {}}
+def checkpoint_claim_name(job: str, rid: ReplicaId) -> str:
+    """The claim of one server rank, named as a StatefulSet would (``<volume>-<pod>``)."""
+    return f"{CHECKPOINT_VOLUME}-{pod_name(job, rid)}"
+
+
+def checkpoint_volume(job: TrainingJob, rid: ReplicaId) -> dict[str, Any]:
+    """The volume a server keeps its checkpoints on (``recovery.checkpoint.volume``)."""
+    volume = job.spec.recovery.checkpoint.volume
+    if volume.kind is CheckpointVolumeKind.EMPTY_DIR:
+        return {"name": CHECKPOINT_VOLUME, "emptyDir": {}}
+    claim = volume.claim_name if volume.kind is CheckpointVolumeKind.SHARED_CLAIM else None
+    return {"name": CHECKPOINT_VOLUME,
+            "persistentVolumeClaim": {"claimName": claim or checkpoint_claim_name(job.name, rid)}}
+
+
+def render_checkpoint_claims(job: TrainingJob, *, owner: Owner) -> list[dict[str, Any]]:
+    """One claim per server rank for ``claimPerReplica`` (none otherwise). A replacement pod mounts
+    its predecessor's claim, so ReadWriteOnce is enough; with ``retainPolicy: Retain`` the claims carry
+    no ownerReference and outlive the job."""
+    volume = job.spec.recovery.checkpoint.volume
+    if volume.kind is not CheckpointVolumeKind.CLAIM_PER_REPLICA:
+        return []
+    claims = []
+    for rid in server_replicas(job):
+        metadata = _metadata(checkpoint_claim_name(job.name, rid), job.namespace, pod_labels(job.name, rid), owner)
+        if volume.retain_policy is RetainPolicy.RETAIN:
+            del metadata["ownerReferences"]
+        spec: dict[str, Any] = {"accessModes": [m.value for m in volume.access_modes],
+                                "resources": {"requests": {"storage": volume.size}}}
+        if volume.storage_class_name:
+            spec["storageClassName"] = volume.storage_class_name
+        claims.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec})
+    return claims
+
+
+def server_replicas(job: TrainingJob) -> list[ReplicaId]:
+    return [ReplicaId(role, rank) for role in (Role.EMBEDDING_SERVER, Role.SYNC_SERVER)
+            for rank in range(job.spec.replicas.count(role))]
+
+
+def ephemeral_checkpoints(job: TrainingJob) -> bool:
+    """True when a replaced server loses its checkpoints with its pod (``emptyDir``)."""
+    return job.spec.recovery.checkpoint.volume.kind is CheckpointVolumeKind.EMPTY_DIR
+
+
+def checkpoint_durability(job: TrainingJob) -> tuple[bool, str, str]:
+    """(durable, reason, message) for the CheckpointsDurable condition."""
+    volume = job.spec.recovery.checkpoint.volume
+    if volume.kind is CheckpointVolumeKind.EMPTY_DIR:
+        return (False, "EmptyDir", "checkpoints live in each server pod's emptyDir: a replaced embedding server "
+                "restarts its shard from initial weights and loses every update it had (set "
+                "recovery.checkpoint.volume.kind: claimPerReplica or sharedClaim)")
+    if volume.kind is CheckpointVolumeKind.SHARED_CLAIM:
+        return (True, "SharedClaim", f"checkpoints on claim {volume.claim_name} (must be ReadWriteMany when "
+                "servers run on several nodes)")
+    return (True, "ClaimPerReplica", f"one {volume.size} claim per server rank ({', '.join(m.value for m in volume.access_modes)})")
+
+
+def _pod_security() -> dict[str, Any]:
+    """Pod Security ``restricted``; fsGroup makes a fresh (root-owned) volume writable by the image's user."""
+    return {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID, "fsGroup": IMAGE_UID,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str, generation: int) -> dict[str, Any]:
@@ -183,19 +255,21 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
         "env": _env(job, rid, redis_url, generation),
         "resources": _resources(role.resources),
     }
+    container["securityContext"] = _container_security()
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the operator replaces pods; the kubelet must not restart in place
         "hostname": name,
         "subdomain": service_name(job.name),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "securityContext": _pod_security(),
+        "automountServiceAccountToken": False,  # the trainer never calls the Kubernetes API
         "containers": [container],
     }
     if rid.role in SERVER_ROLES:
         container["ports"] = [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
-        container.update(_grpc_probes())
-    if rid.role is Role.EMBEDDING_SERVER:
-        container["volumeMounts"] = [{"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}]
-        spec["volumes"] = [checkpoint_volume(job.spec.recovery.checkpoint.storage)]
+        container.update(_grpc_probes(job))
+        container["volumeMounts"] = [{"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT}]
+        spec["volumes"] = [checkpoint_volume(job, rid)]
     if role.node_selector:
         spec["nodeSelector"] = dict(role.node_selector)
     if role.tolerations:

@@ -1,16 +1,13 @@
-"""CPR bookkeeping for the local supervisor: injections, per-failure timings, interval re-planning,
-and the full-recovery rollback point. Decisions are pure functions; the ``RecoveryTracker`` only
-holds what was observed so the summary can report it."""
+"""CPR bookkeeping for the local supervisor's summary: injections, per-failure timings and the
+interval history. It decides nothing (``core.recovery`` does); it holds what was observed."""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainingjob_operator.api.spec import TrainingJobSpec
 from trainingjob_operator.local.injection import Injection
-from trainingjob_operator.tuning import FailureObservation, IntervalDecision, Measurements, TuningInputs, plan
+from trainingjob_operator.tuning import IntervalDecision
 
 
 @dataclass
@@ -42,33 +39,6 @@ class IntervalChange:
     interval_s: float
     mode: str
     reason: str
-
-
-def rollback_cursor(checkpoint_progress: list[int | None], trainers: int, batch_size: int) -> tuple[int, int]:
-    """Full recovery: every trainer restarts from the oldest shard checkpoint's progress marker
-    (total samples then). Trainers advance at about the same speed, so each rolls back to an equal
-    share. Returns (cursor in batches per trainer, samples per trainer). No checkpoint: start over."""
-    if not checkpoint_progress or any(p is None for p in checkpoint_progress):
-        return 0, 0
-    total = min(p for p in checkpoint_progress if p is not None)
-    cursor = total // (trainers * batch_size)
-    return cursor, cursor * batch_size
-
-
-def measurements(o_save: list[float], o_load: list[float], o_res: list[float], sps: float | None) -> Measurements:
-    def med(values: list[float]) -> float | None:
-        return statistics.median(values) if values else None
-
-    return Measurements(o_save_s=med(o_save), o_load_s=med(o_load), o_res_s=med(o_res), samples_per_second=sps)
-
-
-def replan(spec: TrainingJobSpec, measured: Measurements, failures: list[FailureRecord], elapsed_s: float,
-           lost_samples: int, samples: int) -> IntervalDecision:
-    """CPR's re-plan (ARCHITECTURE.md §5): after every failure and save, from what was measured."""
-    observations = [FailureObservation(f.role, f.rank, f.time_s) for f in failures]
-    pls = lost_samples / samples if samples > 0 else None
-    return plan(TuningInputs.from_spec(spec, measurements=measured, failures=observations,
-                                       observed_seconds=elapsed_s, measured_pls=pls))
 
 
 @dataclass

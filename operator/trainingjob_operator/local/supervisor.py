@@ -20,17 +20,25 @@ from typing import Any
 
 import psutil
 
-from trainingjob_operator.api.spec import ROLES, Role, TrainingJob
+from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.core import contract
+from trainingjob_operator.core.recovery import (
+    RollbackPoint,
+    failure_record,
+    resolve_mode,
+    rollback_point,
+    trainer_rollbacks,
+)
 from trainingjob_operator.local.injection import Injection, due
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
-from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker, measurements, replan, rollback_cursor
+from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker
 from trainingjob_operator.local.redis_server import EmbeddedRedis
 from trainingjob_operator.reconcile import (
+    CreateReason,
     CreateReplica,
     DeleteReplica,
-    FailureEvent,
     JobMemory,
     ObservedReplica,
     RecordFailure,
@@ -39,6 +47,7 @@ from trainingjob_operator.reconcile import (
     desired_replicas,
     reconcile,
 )
+from trainingjob_operator.tuner import plan_interval
 
 log = logging.getLogger("trainingjob.local")
 
@@ -82,8 +91,8 @@ class LocalSupervisor:
         self.processes: dict[str, ReplicaProcess] = {}
         self.history: dict[str, list[Incarnation]] = {rid.name: [] for rid in desired_replicas(self.spec)}
         self.tracker = RecoveryTracker(injections=sorted(self.options.injections, key=lambda i: i.time_s))
-        self.mode = "full" if self.spec.recovery.mode.value == "full" else "partial"
-        self._rollback: tuple[int, int] | None = None
+        self.mode = resolve_mode(self.spec.recovery.mode, None).value
+        self._rollback: RollbackPoint | None = None
         self._last_replan = 0.0
         self.standby = (StandbyPool(self.workdir / "logs", {"PYTHONUNBUFFERED": "1", **self.options.extra_env})
                         if self.options.warm_standby else None)
@@ -129,25 +138,26 @@ class LocalSupervisor:
 
     # --- acting ----------------------------------------------------------------------------
     def replica_env(self, rid: ReplicaId, generation: int) -> dict[str, str]:
+        """The same contract a pod gets (``core.contract``), with the values a process can have."""
         assert self.redis_url is not None
-        return {
-            "TJ_JOB": self.job.name, "TJ_NAMESPACE": self.job.namespace, "TJ_ROLE": rid.role.value,
-            "TJ_RANK": str(rid.rank), "TJ_REDIS_URL": self.redis_url, "TJ_SPEC": self.job.spec_json(),
-            "POD_IP": "127.0.0.1", "TJ_GENERATION": str(generation),
-            "TJ_CHECKPOINT_DIR": str(Path(self.spec.recovery.checkpoint.storage or self.workdir / "checkpoints")),
-            "PYTHONUNBUFFERED": "1", **self.spec.replicas.for_role(rid.role).env, **self.options.extra_env,
-        }
+        checkpoint_dir = str(Path(self.spec.recovery.checkpoint.storage or self.workdir / "checkpoints"))
+        placement = contract.process_placement(self.job, checkpoint_dir)
+        env = contract.literal_env(contract.replica_env(self.job, rid, redis_url=self.redis_url,
+                                                        generation=generation, placement=placement))
+        return {"PYTHONUNBUFFERED": "1", **env, **self.options.extra_env}
 
     def apply(self, actions: list, now: float) -> None:
+        assert self.coord is not None
+        for action in actions:
+            if isinstance(action, RecordFailure):
+                self.record_failure(action)
+        for rank, point in trainer_rollbacks(actions, RecoveryMode(self.mode), self._rollback).items():
+            self.coord.set_trainer_cursor(rank, point.cursor, point.samples)
         for action in actions:
             if isinstance(action, CreateReplica):
                 name = action.id.name
-                if action.id.role is Role.TRAINER and action.reason == "Replacement" and self._rollback is not None:
-                    assert self.coord is not None
-                    cursor, samples = self._rollback
-                    self.coord.set_trainer_cursor(action.id.rank, cursor, samples)
                 standby = None
-                if action.reason == "Replacement" and self.standby is not None:
+                if action.reason is CreateReason.REPLACEMENT and self.standby is not None:
                     standby = self.standby.take(action.id.role.value)
                 proc = spawn(name, self.replica_env(action.id, action.generation),
                              self.workdir / "logs" / f"{name}.log", standby=standby)
@@ -158,27 +168,26 @@ class LocalSupervisor:
                 proc_ = self.processes.get(action.id.name)
                 if proc_ is not None:
                     proc_.terminate(self.options.grace_s)
-            elif isinstance(action, RecordFailure):
-                self.record_failure(action.failure, action.generation, action.mode)
 
-    def record_failure(self, failure: FailureEvent, generation: int, mode: str) -> None:
+    def record_failure(self, action: RecordFailure) -> None:
         assert self.coord is not None
+        failure, generation, mode = action.failure, action.generation, action.mode
+        samples = self.coord.total_samples(self.spec.replicas.trainer.replicas)
+        record = failure_record(action, samples=samples, replica=failure.id.name)
         detected = failure.time - self.started
         injected = self.tracker.injection_for(failure.id.name, detected)
-        samples = self.coord.total_samples(self.spec.replicas.trainer.replicas)
         entry = FailureRecord(
             failure.id.role.value, failure.id.rank, failure.reason, round(detected, 3), failure.exit_code, generation,
             mode, failure.instance, injected_at_s=None if injected is None else round(injected, 3),
             detected_after_s=None if injected is None else round(detected - injected, 3), samples_at_failure=samples)
         self.tracker.failures.append(entry)
         self.coord.set_generation(generation)
-        self.coord.log_failure(role=entry.role, rank=entry.rank, reason=entry.reason, time=failure.time,
-                               exit_code=entry.exit_code, generation=generation, mode=mode, samples=samples)
-        if mode == "full":
+        self.coord.log_failure(**record.to_stream())
+        if mode == RecoveryMode.FULL:
             pointers = [self.coord.checkpoint_pointer(s) for s in range(self.spec.replicas.embedding_server.replicas)]
-            self._rollback = rollback_cursor([p.get("progress") if p else None for p in pointers],
-                                             self.spec.replicas.trainer.replicas, self.spec.data.batch_size)
-            entry.rolled_back_samples = max(0, samples - self._rollback[1] * self.spec.replicas.trainer.replicas)
+            self._rollback = rollback_point([p.get("progress") if p else None for p in pointers],
+                                            self.spec.replicas.trainer.replicas, self.spec.data.batch_size)
+            entry.rolled_back_samples = max(0, samples - self._rollback.samples * self.spec.replicas.trainer.replicas)
         log.warning("%s failed (%s); %s recovery, generation %d", failure.id.name, failure.reason, mode, generation)
         self._last_replan = 0.0  # re-plan after every failure
 
@@ -224,21 +233,16 @@ class LocalSupervisor:
                 continue
             start = record.injected_at_s if record.injected_at_s is not None else record.time_s
             record.recovered_after_s = round(elapsed - start, 3)
+            assert self.coord is not None
+            self.coord.record_cost("o_res", elapsed - record.time_s)  # failure detected -> replacement serving
 
     def replan(self, elapsed: float) -> None:
         assert self.coord is not None
         if time.monotonic() - self._last_replan < self.options.replan_every_s:
             return
         self._last_replan = time.monotonic()
-        o_res = [f.recovered_after_s for f in self.tracker.failures if f.recovered_after_s is not None]
-        measured = measurements(self.coord.costs("o_save"), self.coord.costs("o_load"), o_res, None)
-        decision = replan(self.spec, measured, self.tracker.failures, elapsed, self.coord.lost_samples(),
-                          self.coord.total_samples(self.spec.replicas.trainer.replicas))
-        if self.spec.recovery.checkpoint.interval_seconds is None:
-            self.coord.set_interval(decision.interval_s)
-        if self.spec.recovery.mode.value == "auto":
-            self.mode = decision.mode_chosen
-        self.coord.r.set(self.coord.key("recovery_mode"), self.mode)
+        decision = plan_interval(self.coord, self.spec, self.started, self.started + elapsed)
+        self.mode = resolve_mode(self.spec.recovery.mode, decision.mode_chosen).value
         self.tracker.note_interval(elapsed, decision)
 
     # --- the loop --------------------------------------------------------------------------

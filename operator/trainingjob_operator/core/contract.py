@@ -1,0 +1,92 @@
+"""The env contract of a replica (ARCHITECTURE.md §7), rendered once for pods and for processes.
+
+A pod gets some values from the API server (its IP, its UID, the spec in a ConfigMap); a local
+process gets literals. ``replica_env`` returns the same names in the same order for both, with
+``FieldRef`` / ``ConfigMapKey`` where Kubernetes fills a value in, so a manifest tried locally runs
+with the environment it will have on a cluster. ``role.env`` adds variables but never overrides one
+of the contract's (on either backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trainingjob_operator.api.spec import TrainingJob
+from trainingjob_operator.reconcile import ReplicaId
+
+GRPC_PORT = 50051  # servers serve gRPC and grpc.health.v1 here on a pod; the probes name it
+LOCAL_PORT = 0  # locally every replica shares one host: the kernel picks a free port
+CHECKPOINT_MOUNT = "/checkpoints"
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """A value the kubelet fills in from the pod object (``valueFrom.fieldRef``)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ConfigMapKey:
+    """A value read from a ConfigMap key (``valueFrom.configMapKeyRef``)."""
+
+    name: str
+    key: str
+
+
+EnvValue = str | FieldRef | ConfigMapKey
+
+CONTRACT_ENV = frozenset({"TJ_JOB", "TJ_NAMESPACE", "TJ_ROLE", "TJ_RANK", "TJ_REDIS_URL", "TJ_SPEC", "POD_IP",
+                          "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR", "TJ_GRPC_PORT"})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a backend runs a replica, as the contract needs it."""
+
+    host: EnvValue  # the address the replica serves on and registers
+    instance: EnvValue | None  # what tells this incarnation from the next (pod UID); None: the process id
+    spec: EnvValue  # the spec as JSON
+    port: int
+    checkpoint_dir: str
+
+
+def pod_placement(spec_config_map: str, spec_key: str) -> Placement:
+    return Placement(host=FieldRef("status.podIP"), instance=FieldRef("metadata.uid"),
+                     spec=ConfigMapKey(spec_config_map, spec_key), port=GRPC_PORT, checkpoint_dir=CHECKPOINT_MOUNT)
+
+
+def process_placement(job: TrainingJob, checkpoint_dir: str) -> Placement:
+    return Placement(host="127.0.0.1", instance=None, spec=job.spec_json(), port=LOCAL_PORT,
+                     checkpoint_dir=checkpoint_dir)
+
+
+def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation: int,
+                placement: Placement) -> list[tuple[str, EnvValue]]:
+    """The replica's environment: the role's extra variables first, then the contract."""
+    contract: list[tuple[str, EnvValue]] = [
+        ("TJ_JOB", job.name),
+        ("TJ_NAMESPACE", job.namespace),
+        ("TJ_ROLE", rid.role.value),
+        ("TJ_RANK", str(rid.rank)),
+        ("TJ_REDIS_URL", redis_url),
+        ("TJ_SPEC", placement.spec),
+        ("POD_IP", placement.host),
+        ("TJ_GENERATION", str(generation)),
+        ("TJ_CHECKPOINT_DIR", placement.checkpoint_dir),
+        ("TJ_GRPC_PORT", str(placement.port)),
+    ]
+    if placement.instance is not None:
+        contract.insert(7, ("TJ_INSTANCE", placement.instance))
+    extra = job.spec.replicas.for_role(rid.role).env
+    return [*((k, v) for k, v in sorted(extra.items()) if k not in CONTRACT_ENV), *contract]
+
+
+def literal_env(env: list[tuple[str, EnvValue]]) -> dict[str, str]:
+    """A process's environment; raises ValueError when a value needs the API server to resolve it."""
+    out = {}
+    for name, value in env:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} is {value!r}: only a pod can resolve it")
+        out[name] = value
+    return out

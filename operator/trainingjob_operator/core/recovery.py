@@ -1,0 +1,99 @@
+"""Every recovery decision beyond "which replicas": the effective mode, the failure record, the
+full-recovery rollback point and the tuning inputs. Pure; both shells call these and nothing else
+decides them, so a manifest recovers the same way locally and on a cluster."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trainingjob_operator.api.spec import RecoveryMode, Role, TrainingJobSpec
+from trainingjob_operator.reconcile import CreateReason, CreateReplica, RecordFailure
+from trainingjob_operator.tuning import FailureObservation, Measurements, TuningInputs
+
+
+def resolve_mode(requested: RecoveryMode, planned: str | None) -> RecoveryMode:
+    """partial or full: ``auto`` follows the benefit test's choice (partial until it has run)."""
+    if requested is not RecoveryMode.AUTO:
+        return requested
+    return RecoveryMode(planned) if planned in (RecoveryMode.PARTIAL, RecoveryMode.FULL) else RecoveryMode.PARTIAL
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One entry of the job's failure log (the Redis stream both shells write; PLS reads ``samples``)."""
+
+    role: str
+    rank: int
+    reason: str
+    time: float  # epoch seconds, when the failure was detected
+    exit_code: int | None
+    instance: str  # pod UID or process id of the failed incarnation
+    generation: int
+    mode: str  # the recovery mode applied: partial or full
+    samples: int  # samples all trainers had trained when it was detected: the PLS reference point
+    replica: str  # pod name on Kubernetes, "<role>-<rank>" locally
+
+    def to_stream(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["pod"] = fields.pop("replica")
+        return fields
+
+
+def failure_record(action: RecordFailure, *, samples: int, replica: str) -> FailureRecord:
+    f = action.failure
+    return FailureRecord(role=f.id.role.value, rank=f.id.rank, reason=str(f.reason), time=f.time,
+                         exit_code=f.exit_code, instance=f.instance, generation=action.generation,
+                         mode=str(action.mode), samples=samples, replica=replica)
+
+
+@dataclass(frozen=True)
+class RollbackPoint:
+    """Where every trainer resumes after a full recovery: the checkpoint's progress, in equal shares."""
+
+    cursor: int  # batches per trainer
+    samples: int  # samples per trainer
+
+
+def rollback_point(shard_progress: Sequence[int | None], trainers: int, batch_size: int) -> RollbackPoint:
+    """Full recovery: every trainer restarts from the oldest shard checkpoint's progress marker (total
+    samples then), each at an equal share. Without a checkpoint of every shard: start over."""
+    if not shard_progress or any(p is None for p in shard_progress):
+        return RollbackPoint(0, 0)
+    total = min(p for p in shard_progress if p is not None)
+    cursor = total // (trainers * batch_size)
+    return RollbackPoint(cursor, cursor * batch_size)
+
+
+def trainer_rollbacks(actions: Sequence[object], mode: RecoveryMode,
+                      point: RollbackPoint | None) -> dict[int, RollbackPoint]:
+    """The trainer cursors to set before these creates run: full recovery rolls every replaced trainer
+    back to ``point``; partial recovery leaves each replacement its own cursor."""
+    if mode is not RecoveryMode.FULL or point is None:
+        return {}
+    return {a.id.rank: point for a in actions
+            if isinstance(a, CreateReplica) and a.reason is CreateReason.REPLACEMENT and a.id.role is Role.TRAINER}
+
+
+def measurements(costs: Mapping[str, Sequence[float]], samples_per_second: float | None) -> Measurements:
+    """The tuner's cost inputs: the median of each measured cost (robust to one slow save)."""
+    def median(name: str) -> float | None:
+        values = costs.get(name) or ()
+        return statistics.median(values) if values else None
+
+    return Measurements(o_save_s=median("o_save"), o_load_s=median("o_load"), o_res_s=median("o_res"),
+                        samples_per_second=samples_per_second)
+
+
+def tuning_inputs(spec: TrainingJobSpec, *, costs: Mapping[str, Sequence[float]],
+                  failure_log: Sequence[Mapping[str, Any]], started: float, now: float, lost_samples: int, samples: int,
+                  samples_per_second: float | None) -> TuningInputs:
+    """Everything the interval tuner needs, from what the failure log and the cost lists hold."""
+    failures = [FailureObservation(role=str(f["role"]), rank=int(f["rank"]),
+                                   time_s=max(0.0, float(f["time"]) - started))
+                for f in failure_log if {"role", "rank", "time"} <= f.keys()]
+    return TuningInputs.from_spec(
+        spec, measurements=measurements(costs, samples_per_second), failures=failures,
+        observed_seconds=max(0.0, now - started), measured_pls=lost_samples / samples if samples > 0 else None)
