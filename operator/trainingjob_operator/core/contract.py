@@ -90,3 +90,9 @@ def literal_env(env: list[tuple[str, EnvValue]]) -> dict[str, str]:
             raise ValueError(f"{name} is {value!r}: only a pod can resolve it")
         out[name] = value
     return out
+
+
+def container_exit_code(returncode: int) -> int:
+    """A process's return code as a container runtime reports it: killed by signal N is 128 + N, so a
+    SIGKILLed replica is ``ExitCode137`` on both backends."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -119,9 +119,9 @@ class LocalSupervisor:
                 phase = ReplicaPhase.RUNNING
             else:
                 phase = ReplicaPhase.SUCCEEDED if code == 0 else ReplicaPhase.FAILED
-            reason = f"Signal{-code}" if code is not None and code < 0 else None
+            exit_code = contract.container_exit_code(code) if code is not None else None
             observed[rid] = ObservedReplica(
-                rid, phase, str(proc.pid), code, reason, proc.incarnation.started_at, heartbeat,
+                rid, phase, str(proc.pid), exit_code, None, proc.incarnation.started_at, heartbeat,
                 deleting=proc.kill_deadline is not None and code is None,
             )
         return observed

@@ -1,0 +1,101 @@
+"""The operator on a faithfully emulated cluster: every pod it creates runs as a real process the way a
+kubelet runs it (``tests/support/kubelet.py``): its own network namespace and IP on a bridge, its
+volumes mounted at their mountPaths (emptyDir per pod UID, one directory per PersistentVolumeClaim that
+outlives pods), as the image's user 10001 with the pod's fsGroup, with its startup, readiness and
+liveness probes executed, and graceful termination. Nothing of the pod spec is overridden: what these
+tests see is what ``render_pod`` gives a cluster. Everything else is real too: kopf, the operator, a
+redis-server on the bridge address, gRPC between the pods, torch.
+
+Probe periods and grace periods are scaled by ``TIME_SCALE`` so a test takes a minute, not ten.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+
+from tests.operator.conftest import NAMESPACE, TICK_S, Cluster, Operator, eventually, manifest
+from tests.support.kubelet import FaithfulKubelet
+from trainingjob_operator.k8s.config import OperatorConfig
+from trainingjob_operator.local.redis_server import EmbeddedRedis
+
+pytestmark = pytest.mark.processes
+
+TIME_SCALE = 0.5
+SMALL: dict[str, Any] = {
+    "model": {"sparseFeatures": 8, "rowsPerTable": 5000, "embeddingDim": 8, "bottomMlp": [32], "topMlp": [32]},
+    "data": {"trainSamples": 200_000, "evalSamples": 8192, "batchSize": 512},
+    "training": {"hogwildThreads": 1, "progressEverySeconds": 0.5},
+    # Everything else is the default: claimPerReplica checkpoint volumes, probes, security context.
+    # Saves every 2 s so a shard has a checkpoint before it is killed in a job this short.
+    "recovery": {"heartbeatTimeoutSeconds": 10, "checkpoint": {"intervalSeconds": 2}},
+}
+EVERYONE = ["real-embedding-server-0", "real-embedding-server-1", "real-sync-server-0", "real-trainer-0",
+            "real-trainer-1"]
+
+
+@dataclass
+class FaithfulCluster:
+    cluster: Cluster
+    kubelet: FaithfulKubelet
+    operator: Operator
+
+
+@pytest.fixture
+async def faithful(cluster: Cluster, tmp_path: Path) -> AsyncIterator[FaithfulCluster]:
+    cluster.api.pod_startup_s = None  # the faithful kubelet starts pods, not the emulator's toy one
+    cluster.api.hold_deleted_pods = True  # a deleted pod stays until the kubelet has terminated it
+    async with FaithfulKubelet(cluster.api, tmp_path / "node", namespace=NAMESPACE, time_scale=TIME_SCALE) as kubelet:
+        with EmbeddedRedis(tmp_path / "redis", host=kubelet.bridge_ip) as redis_url:  # reachable from every pod
+            connection = kopf.ConnectionInfo(server=str(cluster.api.url).rstrip("/"), insecure=True)
+            config = OperatorConfig(standalone=True, metrics_port=None, default_redis_url=redis_url, tick_s=TICK_S,
+                                    tune_every_s=1.0, progress_every_s=0.5, connection=connection, log_json=False)
+            operator = Operator(config=config)
+            await operator.start()
+            try:
+                yield FaithfulCluster(Cluster(api=cluster.api, redis_url=redis_url), kubelet, operator)
+            finally:
+                await operator.stop()
+
+
+@pytest.mark.parametrize("victim", ["embedding-server-0", "trainer-1", "sync-server-0"])
+async def test_a_sigkilled_pod_is_replaced_alone_restores_its_checkpoint_and_the_job_succeeds(
+    faithful: FaithfulCluster, victim: str
+) -> None:
+    cluster, kubelet = faithful.cluster, faithful.kubelet
+    await cluster.create_job(manifest("real", **SMALL))
+    await eventually(lambda: cluster.running("real", 5), timeout=60, what="5 running pods")
+    ips = {name: kubelet.pod_ip(name) for name in EVERYONE}
+    assert len(set(ips.values())) == 5  # every pod its own address, every server on port 50051
+    coord = cluster.coordination("real")
+    await eventually(lambda: all((p := coord.progress(r)) is not None and p.samples > 0 for r in (0, 1)),
+                     timeout=120, what="both trainers training")
+    await eventually(lambda: (p := coord.checkpoint_pointer(0)) is not None and p.get("progress", 0) > 0,
+                     timeout=60, what="a checkpoint of shard 0 taken while training")
+    claim = kubelet.claim_dir("checkpoints-real-embedding-server-0")
+    assert any((claim / "shard-0").iterdir())  # written by uid 10001 into a fresh root-owned claim (fsGroup)
+
+    kubelet.process(f"real-{victim}").send_signal(signal.SIGKILL)
+
+    await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=240, what="job Succeeded")
+    assert sorted(kubelet.started) == sorted([*EVERYONE, f"real-{victim}"])  # only the victim started twice
+    assert kubelet.probe_kills == []  # no pod was killed by its own probes
+    [failure] = coord.failures()
+    assert (failure["pod"], failure["reason"], failure["exit_code"]) == (f"real-{victim}", "ExitCode137", 137)
+    assert failure["samples"] > 0  # the PLS reference point
+    assert all(coord.result(rank) is not None for rank in (0, 1))
+    assert sum(p.samples for p in coord.all_progress(2).values()) >= SMALL["data"]["trainSamples"]
+    restarts = {role: r["restarts"] for role, r in cluster.status("real")["replicas"].items()}
+    assert restarts == {role: int(victim.startswith(role)) for role in restarts}
+    if victim.startswith("embedding-server"):
+        [restored] = [r for instance, r in coord.recoveries(victim).items() if instance != failure["instance"]]
+        assert restored["loaded"], f"the replacement restored no checkpoint: {restored['description']}"
+        assert "no checkpoint" not in restored["description"]
+        assert restored["restored_progress"] > 0  # its shard as trained, not initial weights
+        assert restored["lost_samples"] < failure["samples"]
