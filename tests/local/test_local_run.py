@@ -60,7 +60,7 @@ def test_a_killed_replica_is_replaced_alone(redis_url: str, tmp_path: Path, vict
         if other != victim:
             assert len(_pids(summary, other)) == 1, f"{other} was restarted"
     [failure] = summary["failures"]
-    assert (f"{failure['role']}-{failure['rank']}", failure["reason"]) == (victim, "ExitCode137")  # as a kubelet reports it
+    assert (f"{failure['role']}-{failure['rank']}", failure["reason"]) == (victim, "ExitCode137")  # as a kubelet
     assert failure["generation"] == 1 and failure["mode"] == "partial"
     assert summary["samples"] >= job.spec.data.train_samples  # the replacement resumed its shard
     assert summary["auc"] > 0.6

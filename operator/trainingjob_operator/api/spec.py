@@ -282,7 +282,8 @@ class CheckpointVolumeSpec(ApiModel):
     storage_class_name: str | None = Field(
         default=None, description="claimPerReplica: storage class; unset uses the cluster's default class.")
     access_modes: list[AccessMode] = Field(
-        default_factory=lambda: [AccessMode.READ_WRITE_ONCE], min_length=1, description="claimPerReplica: access modes.")
+        default_factory=lambda: [AccessMode.READ_WRITE_ONCE], min_length=1,
+        description="claimPerReplica: access modes.")
     claim_name: str | None = Field(default=None, description="sharedClaim: the existing claim's name.")
     retain_policy: RetainPolicy = Field(
         default=RetainPolicy.DELETE, description="claimPerReplica: Delete (with the job) or Retain.")

@@ -231,7 +231,8 @@ def checkpoint_durability(job: TrainingJob) -> tuple[bool, str, str]:
     if volume.kind is CheckpointVolumeKind.SHARED_CLAIM:
         return (True, "SharedClaim", f"checkpoints on claim {volume.claim_name} (must be ReadWriteMany when "
                 "servers run on several nodes)")
-    return (True, "ClaimPerReplica", f"one {volume.size} claim per server rank ({', '.join(m.value for m in volume.access_modes)})")
+    modes = ", ".join(m.value for m in volume.access_modes)
+    return (True, "ClaimPerReplica", f"one {volume.size} claim per server rank ({modes})")
 
 
 def _pod_security() -> dict[str, Any]:
