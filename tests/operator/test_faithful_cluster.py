@@ -20,6 +20,7 @@ from typing import Any
 import kopf
 import pytest
 
+from tests.conftest import ROOT
 from tests.operator.conftest import NAMESPACE, TICK_S, Cluster, Operator, eventually, manifest
 from tests.support.kubelet import FaithfulKubelet
 from trainingjob_operator.k8s.config import OperatorConfig
@@ -51,7 +52,9 @@ class FaithfulCluster:
 async def faithful(cluster: Cluster, tmp_path: Path) -> AsyncIterator[FaithfulCluster]:
     cluster.api.pod_startup_s = None  # the faithful kubelet starts pods, not the emulator's toy one
     cluster.api.hold_deleted_pods = True  # a deleted pod stays until the kubelet has terminated it
-    async with FaithfulKubelet(cluster.api, tmp_path / "node", namespace=NAMESPACE, time_scale=TIME_SCALE) as kubelet:
+    # The "image" holds the project (a CI clone may live anywhere, not only under /work).
+    async with FaithfulKubelet(cluster.api, tmp_path / "node", namespace=NAMESPACE, time_scale=TIME_SCALE,
+                               extra_binds=[ROOT]) as kubelet:
         with EmbeddedRedis(tmp_path / "redis", host=kubelet.bridge_ip) as redis_url:  # reachable from every pod
             connection = kopf.ConnectionInfo(server=str(cluster.api.url).rstrip("/"), insecure=True)
             config = OperatorConfig(standalone=True, metrics_port=None, default_redis_url=redis_url, tick_s=TICK_S,
