@@ -53,7 +53,10 @@ class EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [redis_binary(), "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir.resolve()),
-                "--daemonize", "no", "--loglevel", "warning"]
+                "--daemonize", "no", "--loglevel", "warning",
+                # Bound to a test bridge, pods in their own network namespaces connect from outside
+                # loopback; Redis 7 refuses them in protected mode. The bridge is the test's own host.
+                "--protected-mode", "yes" if self.host in ("127.0.0.1", "localhost", "::1") else "no"]
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
