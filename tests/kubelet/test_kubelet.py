@@ -235,8 +235,8 @@ async def test_config_errors_keep_the_pod_pending(node: Node) -> None:
         {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}]})
     for name, needle in (("root-refused", "runAsNonRoot"), ("missing-key", 'configmap "nope" not found')):
         def waiting_state(n: str = name) -> dict[str, Any] | None:
-            state: dict[str, Any] | None = node.container(n).get("state", {}).get("waiting")
-            return state
+            state: dict[str, Any] = node.container(n).get("state", {}).get("waiting") or {}
+            return state if state.get("reason") != "ContainerCreating" else None
 
         waiting = await eventually(waiting_state, what=f"{name} waiting")
         assert waiting["reason"] == "CreateContainerConfigError" and needle in waiting["message"]
@@ -391,10 +391,11 @@ async def test_readiness_flips_and_liveness_kills(node: Node) -> None:
     assert node.condition("flip", "Ready") == "False" and node.phase("flip") == "Running"
     # a liveness probe on an HTTP server that stops answering (SIGSTOP): killed by it
     http = ("import http.server as h\nh.HTTPServer(('0.0.0.0', 8000), h.SimpleHTTPRequestHandler).serve_forever()")
+    get = {"httpGet": {"path": "/", "port": "web"}, "periodSeconds": 1, "timeoutSeconds": 5}
     await node.create_pod("hangs", script(http), terminationGracePeriodSeconds=3, container={
-        "livenessProbe": {"httpGet": {"path": "/", "port": "web"}, "periodSeconds": 1, "failureThreshold": 2},
+        "startupProbe": {**get, "failureThreshold": 100}, "livenessProbe": {**get, "failureThreshold": 2},
         "ports": [{"name": "web", "containerPort": 8000}]})
-    await eventually(lambda: node.phase("hangs") == "Running", what="hangs running")
+    await eventually(lambda: node.container("hangs")["started"], what="hangs started (startup probe passed)")
     await asyncio.sleep(5 * SCALE)  # a few good liveness probes first
     assert node.kubelet.probe_kills == []
     node.kubelet.process("hangs").send_signal(signal.SIGSTOP)

@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +69,16 @@ class Backend:
 
 @pytest.fixture
 async def local_backend(redis_url: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    job = parse_manifest(manifest(JOB, **SPEC) | {"metadata": {"name": JOB}})
+    # A name of its own: the session's Redis still holds the previous row's keys (same job name) until
+    # this run clears them, and a check must never pass on a predecessor's progress.
+    name = f"{JOB}-{uuid.uuid4().hex[:6]}"
+    job = parse_manifest(manifest(name, **SPEC) | {"metadata": {"name": name}})
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path / "run", redis_url=redis_url))
     out: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: out.update(supervisor.run()), daemon=True)
     thread.start()
-    await eventually(lambda: supervisor.coord is not None, timeout=30, what="supervisor started")
+    await eventually(lambda: supervisor.coord is not None and set(supervisor.processes) == set(REPLICAS),
+                     timeout=30, what="supervisor started every replica")
     assert supervisor.coord is not None
     try:
         yield Backend(

@@ -176,6 +176,7 @@ class _Container:
     env: list[tuple[str, str]] = field(default_factory=list)
     last_error: str = ""
     created: bool = False  # the current process is inside the container (past the runtime's set-up)
+    ready_fd: int | None = None  # the read end of the set-up pipe of the current process
 
     @property
     def name(self) -> str:
@@ -1319,16 +1320,28 @@ class FaithfulKubelet:
         env_args = ["/usr/bin/env", "-i", "--", *(f"{k}={v}" for k, v in env)]
         final = ["/usr/bin/unshare", f"--root={rootfs}", f"--wd={workdir}", "/usr/bin/setpriv", *user.setpriv(),
                  "--", *env_args]
-        lines = ["set -e", f"R={_q(rootfs)}", *self._rootfs_script(pod, c), f'exec {shlex.join(final)} "$@"']
+        # fd 0 is a pipe to the kubelet until the last exec: one byte there says "set up, entering the
+        # container"; the command itself gets /dev/null as stdin, as a container without stdin: true
+        lines = ["set -e", f"R={_q(rootfs)}", *self._rootfs_script(pod, c), "printf x >&0",
+                 f'exec {shlex.join(final)} "$@" </dev/null']
         chain = [_tool("ip"), "netns", "exec", pod.netns, _tool("unshare"), "-m", "-u", "--propagation", "private",
                  "/bin/sh", "-c", "\n".join(lines), "sh", *argv]
         c.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(c.log, "ab") as out:
-            if c.restarts:
-                out.write(f"\n--- kubelet: restart {c.restarts} ---\n".encode())
-                out.flush()
-            c.proc = subprocess.Popen(chain, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      env={"PATH": HOST_PATH}, cwd="/", start_new_session=True, close_fds=True)
+        ready_r, ready_w = os.pipe()
+        os.set_blocking(ready_r, False)
+        try:
+            with open(c.log, "ab") as out:
+                if c.restarts:
+                    out.write(f"\n--- kubelet: restart {c.restarts} ---\n".encode())
+                    out.flush()
+                c.proc = subprocess.Popen(chain, stdin=ready_w, stdout=out, stderr=subprocess.STDOUT,
+                                          env={"PATH": HOST_PATH}, cwd="/", start_new_session=True, close_fds=True)
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        c.ready_fd = ready_r
         c.user, c.env = user, env
         c.ever_started = True
         c.run_started = time.monotonic()
@@ -1348,19 +1361,33 @@ class FaithfulKubelet:
         self._event(pod, "Started", f"container {c.name} pid {c.proc.pid} as {user.uid}:{user.gid} "
                                     f"groups {list(user.groups)}: {shlex.join(argv)}")
 
-    async def _created(self, c: _Container, timeout: float = 10.0) -> bool:
-        """Wait until the exec chain has entered the container's root (then it execs the command at once):
-        only then is the container created, its mounts in place for exec probes. False: it died first."""
-        assert c.proc is not None
-        host_dev = os.stat("/").st_dev
+    async def _created(self, c: _Container, timeout: float = 30.0) -> bool:
+        """Wait until the exec chain has set the container up (its byte on the pipe) and entered its root
+        (a changed root device; it execs the command right after): only then is the container created,
+        its mounts in place for exec probes. False: the set-up failed (the log says why)."""
+        assert c.proc is not None and c.ready_fd is not None
+        fd, c.ready_fd = c.ready_fd, None
         deadline = time.monotonic() + timeout
+        try:
+            while True:  # the set-up signal; EOF without it: the chain died during set-up
+                try:
+                    if not os.read(fd, 1):
+                        return False
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return False
+                    await asyncio.sleep(0.002)
+        finally:
+            os.close(fd)
+        c.created = True
+        host_dev = os.stat("/").st_dev
         while not _exited(c.proc) and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 if os.stat(f"/proc/{c.proc.pid}/root").st_dev != host_dev:
-                    c.created = True
-                    return True
+                    break
             await asyncio.sleep(0.002)
-        return False
+        return True
 
     async def _wait_exit(self, pod: _Pod, c: _Container) -> int:
         proc = c.proc
