@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,32 +25,12 @@ import pytest
 
 from tests.support.emulator import MAIN_CONTAINER, PODS, ApiServerEmulator
 from tests.support.kubelet import FaithfulKubelet, expand_vars
+from tests.support.waiting import eventually
 
 NS = "kube-test"
 PODS_URL = f"/api/v1/namespaces/{NS}/pods"
 SCALE = 0.1  # probe periods, grace periods... run at a tenth of their spec'd length
 PY = "python"  # resolved through the pod's PATH: the kubelet's python comes first
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the faithful kubelet needs root")
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = check()
-            if isinstance(result, Awaitable):
-                result = await result
-            last = result
-            if result:
-                return result
-        except (KeyError, IndexError, LookupError, AssertionError, OSError) as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.02)
-
 
 @dataclass
 class Node:

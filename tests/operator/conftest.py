@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ import kopf
 import pytest
 
 from tests.support.emulator import ApiServerEmulator
+from tests.support.waiting import eventually
 from trainingjob_operator.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.k8s.config import OperatorConfig
@@ -35,25 +35,6 @@ NAMESPACE = "ml"
 JOBS_URL = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
 TJ = kmock.resource(GROUP, VERSION, PLURAL)
 TICK_S = 0.25
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = check()
-            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-                result = await result
-            last = result
-            if result:
-                return result
-        except (KeyError, IndexError, AssertionError) as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.02)
 
 
 async def quietly(seconds: float) -> None:

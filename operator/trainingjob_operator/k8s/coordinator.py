@@ -40,13 +40,8 @@ from trainingjob_operator.api.loading import ManifestError
 from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob, TrainingJobSpec
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination
-from trainingjob_operator.core.recovery import (
-    RollbackPoint,
-    failure_record,
-    resolve_mode,
-    rollback_point,
-    trainer_rollbacks,
-)
+from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
+from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.k8s import resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.kube import Kube, KubeError, NotFound
@@ -377,14 +372,7 @@ class JobCoordinator:
         spec = self.job.spec
 
         def write(c: Coordination) -> RollbackPoint | None:
-            c.set_generation(record.generation)
-            entry = failure_record(record, samples=c.total_samples(spec.replicas.trainer.replicas), replica=pod)
-            c.log_failure(**entry.to_stream())
-            if record.mode != RecoveryMode.FULL:
-                return None
-            pointers = [c.checkpoint_pointer(s) for s in range(spec.replicas.embedding_server.replicas)]
-            return rollback_point([p.get("progress") if p else None for p in pointers],
-                                  spec.replicas.trainer.replicas, spec.data.batch_size)
+            return write_failure(c, spec, record, pod)[1]
 
         point = await self._redis(write)
         if point is not None:

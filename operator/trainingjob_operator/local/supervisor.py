@@ -24,13 +24,8 @@ from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.core import contract
-from trainingjob_operator.core.recovery import (
-    RollbackPoint,
-    failure_record,
-    resolve_mode,
-    rollback_point,
-    trainer_rollbacks,
-)
+from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
+from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.local.injection import Injection, due
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
 from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker
@@ -172,22 +167,19 @@ class LocalSupervisor:
     def record_failure(self, action: RecordFailure) -> None:
         assert self.coord is not None
         failure, generation, mode = action.failure, action.generation, action.mode
-        samples = self.coord.total_samples(self.spec.replicas.trainer.replicas)
-        record = failure_record(action, samples=samples, replica=failure.id.name)
+        record, point = write_failure(self.coord, self.spec, action, replica=failure.id.name)
         detected = failure.time - self.started
         injected = self.tracker.injection_for(failure.id.name, detected)
         entry = FailureRecord(
             failure.id.role.value, failure.id.rank, failure.reason, round(detected, 3), failure.exit_code, generation,
             mode, failure.instance, injected_at_s=None if injected is None else round(injected, 3),
-            detected_after_s=None if injected is None else round(detected - injected, 3), samples_at_failure=samples)
+            detected_after_s=None if injected is None else round(detected - injected, 3),
+            samples_at_failure=record.samples)
         self.tracker.failures.append(entry)
-        self.coord.set_generation(generation)
-        self.coord.log_failure(**record.to_stream())
-        if mode == RecoveryMode.FULL:
-            pointers = [self.coord.checkpoint_pointer(s) for s in range(self.spec.replicas.embedding_server.replicas)]
-            self._rollback = rollback_point([p.get("progress") if p else None for p in pointers],
-                                            self.spec.replicas.trainer.replicas, self.spec.data.batch_size)
-            entry.rolled_back_samples = max(0, samples - self._rollback.samples * self.spec.replicas.trainer.replicas)
+        if point is not None:
+            self._rollback = point
+            trainers = self.spec.replicas.trainer.replicas
+            entry.rolled_back_samples = max(0, record.samples - point.samples * trainers)
         log.warning("%s failed (%s); %s recovery, generation %d", failure.id.name, failure.reason, mode, generation)
         self._last_replan = 0.0  # re-plan after every failure
 
