@@ -168,6 +168,53 @@ async def test_each_pod_has_its_own_ip_and_they_share_the_port(node: Node) -> No
     assert sorted(node.kubelet.started) == ["echo-a", "echo-b"]  # started concurrently, in either order
 
 
+# Connects to the host's address on the bridge every 50 ms and prints every attempt that fails.
+PINGER = """
+import os, socket, time
+while True:
+    try:
+        socket.create_connection((os.environ["BRIDGE"], int(os.environ["HOST_PORT"])), timeout=0.5).close()
+        print("ok", flush=True)
+    except OSError as e:
+        print("FAIL", e, flush=True)
+    time.sleep(0.05)
+"""
+
+
+async def test_pods_coming_and_going_never_cut_the_others_off_the_bridge(node: Node) -> None:
+    # A bridge takes the lowest MAC of its ports unless one is set: a new pod's veth would change it and
+    # leave every other pod's ARP entry for the bridge address (where Redis listens) stale for seconds.
+    listener = socket.socket()
+    listener.bind((node.kubelet.bridge_ip, 0))
+    listener.listen(128)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    accepting = loop.create_task(_accept_forever(listener))
+    mac = Path(f"/sys/class/net/{node.kubelet.bridge}/address").read_text()
+    env = [{"name": "BRIDGE", "value": node.kubelet.bridge_ip},
+           {"name": "HOST_PORT", "value": str(listener.getsockname()[1])}]
+    await node.create_pod("pinger", script(PINGER), container={"env": env})
+    await eventually(lambda: "ok" in node.log("pinger"), what="pinger reaches the bridge")
+    for i in range(4):  # pods come and go beside it
+        await node.create_pod(f"churn-{i}", script("import time; time.sleep(0.5)"))
+        await eventually(lambda: node.phase(f"churn-{i}") == "Succeeded", what=f"churn-{i} done")
+        await node.delete_pod(f"churn-{i}")
+        await eventually(lambda: node.gone(f"churn-{i}"), what=f"churn-{i} removed")
+    assert Path(f"/sys/class/net/{node.kubelet.bridge}/address").read_text() == mac
+    oks = node.log("pinger").count("ok")
+    await eventually(lambda: node.log("pinger").count("ok") > oks + 5, what="pinger still reaching the bridge")
+    assert "FAIL" not in node.log("pinger")
+    accepting.cancel()
+    listener.close()
+
+
+async def _accept_forever(listener: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        conn.close()
+
+
 async def test_user_identity_and_env(node: Node) -> None:
     await node.create("configmaps", {"metadata": {"name": "settings"},
                                      "data": {"redis": "redis://somewhere:6379", "mode": "fast", "a-b": "x"}})

@@ -35,8 +35,6 @@ SMALL: dict[str, Any] = {
     "training": {"hogwildThreads": 1, "progressEverySeconds": 0.5},
     # Everything else is the default: claimPerReplica checkpoint volumes, probes, security context.
     # Saves every 2 s so a shard has a checkpoint before it is killed in a job this short.
-    # (The default 15 s heartbeat timeout: with 10 s, survivors were once declared hung right after a
-    # server pod vanished under CI load; see the closing note.)
     "recovery": {"checkpoint": {"intervalSeconds": 2}},
 }
 EVERYONE = ["real-embedding-server-0", "real-embedding-server-1", "real-sync-server-0", "real-trainer-0",

@@ -577,7 +577,12 @@ class FaithfulKubelet:
             self.subnet = _free_subnet()
             self.bridge = f"fkb-{self._kid}"
             self.bridge_ip = str(self.subnet.network_address + 1)
-            await self._ip("link", "add", self.bridge, "type", "bridge")
+            # A fixed MAC: by default a Linux bridge takes the lowest MAC among its ports, so a new pod's
+            # veth can change it, and every pod's ARP entry for the bridge address (Redis lives there)
+            # goes stale — their traffic is dropped for seconds until ARP re-resolves (a real CNI bridge
+            # pins its address for the same reason). Locally administered, unicast.
+            mac = "02:" + ":".join(secrets.token_hex(1) for _ in range(5))
+            await self._ip("link", "add", self.bridge, "address", mac, "type", "bridge")
             await self._ip("addr", "add", f"{self.bridge_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
             await self._ip("link", "set", self.bridge, "up")
         self.node_name = f"faithful-{self._kid}"
