@@ -195,11 +195,11 @@ async def test_pods_coming_and_going_never_cut_the_others_off_the_bridge(node: N
            {"name": "HOST_PORT", "value": str(listener.getsockname()[1])}]
     await node.create_pod("pinger", script(PINGER), container={"env": env})
     await eventually(lambda: "ok" in node.log("pinger"), what="pinger reaches the bridge")
-    for i in range(4):  # pods come and go beside it
-        await node.create_pod(f"churn-{i}", script("import time; time.sleep(0.5)"))
-        await eventually(lambda: node.phase(f"churn-{i}") == "Succeeded", what=f"churn-{i} done")
-        await node.delete_pod(f"churn-{i}")
-        await eventually(lambda: node.gone(f"churn-{i}"), what=f"churn-{i} removed")
+    for name in (f"churn-{i}" for i in range(4)):  # pods come and go beside it
+        await node.create_pod(name, script("import time; time.sleep(0.5)"))
+        await eventually(lambda n=name: node.phase(n) == "Succeeded", what=f"{name} done")
+        await node.delete_pod(name)
+        await eventually(lambda n=name: node.gone(n), what=f"{name} removed")
     assert Path(f"/sys/class/net/{node.kubelet.bridge}/address").read_text() == mac
     oks = node.log("pinger").count("ok")
     await eventually(lambda: node.log("pinger").count("ok") > oks + 5, what="pinger still reaching the bridge")

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 
-from tests.conftest import ROOT
-from tests.operator.conftest import NAMESPACE, TICK_S, Cluster, Operator, eventually, manifest
-from tests.support.kubelet import FaithfulKubelet
-from trainingjob_operator.k8s.config import OperatorConfig
-from trainingjob_operator.local.redis_server import EmbeddedRedis
+from tests.operator.conftest import Cluster, eventually, manifest
+from tests.support.cluster import FaithfulCluster, faithful_cluster
 
 pytestmark = pytest.mark.processes
 
@@ -41,30 +36,10 @@ EVERYONE = ["real-embedding-server-0", "real-embedding-server-1", "real-sync-ser
             "real-trainer-1"]
 
 
-@dataclass
-class FaithfulCluster:
-    cluster: Cluster
-    kubelet: FaithfulKubelet
-    operator: Operator
-
-
 @pytest.fixture
 async def faithful(cluster: Cluster, tmp_path: Path) -> AsyncIterator[FaithfulCluster]:
-    cluster.api.pod_startup_s = None  # the faithful kubelet starts pods, not the emulator's toy one
-    cluster.api.hold_deleted_pods = True  # a deleted pod stays until the kubelet has terminated it
-    # The "image" holds the project (a CI clone may live anywhere, not only under /work).
-    async with FaithfulKubelet(cluster.api, tmp_path / "node", namespace=NAMESPACE, time_scale=TIME_SCALE,
-                               extra_binds=[ROOT]) as kubelet:
-        with EmbeddedRedis(tmp_path / "redis", host=kubelet.bridge_ip) as redis_url:  # reachable from every pod
-            connection = kopf.ConnectionInfo(server=str(cluster.api.url).rstrip("/"), insecure=True)
-            config = OperatorConfig(standalone=True, metrics_port=None, default_redis_url=redis_url, tick_s=TICK_S,
-                                    tune_every_s=1.0, progress_every_s=0.5, connection=connection, log_json=False)
-            operator = Operator(config=config)
-            await operator.start()
-            try:
-                yield FaithfulCluster(Cluster(api=cluster.api, redis_url=redis_url), kubelet, operator)
-            finally:
-                await operator.stop()
+    async with faithful_cluster(tmp_path, time_scale=TIME_SCALE, api=cluster.api) as running:
+        yield running
 
 
 @pytest.mark.parametrize("victim", ["embedding-server-0", "trainer-1", "sync-server-0"])

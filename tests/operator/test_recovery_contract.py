@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import NAMESPACE, Cluster, eventually, manifest
-from tests.operator.test_faithful_cluster import FaithfulCluster, faithful  # noqa: F401  (fixture)
+from tests.operator.test_faithful_cluster import faithful  # noqa: F401  (fixture)
+from tests.support.cluster import FaithfulCluster
 from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
