@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,6 +57,11 @@ class Progress:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "waiting_for", tuple(self.waiting_for))  # a JSON list from Redis
+
+
+def waiting_for(progress: Iterable[Progress]) -> list[str]:
+    """The servers any unfinished trainer is blocked on ("embedding-server-1" while it is replaced)."""
+    return sorted({name for p in progress if not p.done for name in p.waiting_for})
 
 
 class Coordination:

@@ -38,6 +38,33 @@ def test_client_talks_to_a_real_server_and_follows_its_replacement() -> None:
         client.close()
 
 
+def test_a_peer_with_no_endpoint_yet_fails_the_async_call_and_the_retry_waits_for_it() -> None:
+    # A replacement registers its endpoint only once its shard is loaded: until then the fire-and-forget
+    # path must hand back a failed future (the caller then waits in call()), never raise in the caller.
+    import threading
+
+    import pytest
+
+    shard = EmbeddingShard(ShardTables.initialise([8], 2, 1, 0, seed=0), 1, 0, 0.1)
+    endpoint: dict[str, str | None] = {"value": None}
+    client = Client("tj.EmbeddingServer", lambda: endpoint["value"], deadline_s=20)
+    request = Message({"ids": torch.tensor([3]), "counts": torch.tensor([1])})
+    future = client.call_async("Lookup", request)  # must not raise here
+    with pytest.raises(ConnectionError, match="no endpoint registered"):
+        future.result()
+    server = serve(shard, host="127.0.0.1")
+    registered = threading.Timer(0.5, lambda: endpoint.update(value=f"127.0.0.1:{server.port}"))
+    registered.start()
+    try:
+        rows = client.call("Lookup", request).tensors["rows"]  # waits until the endpoint appears
+        assert torch.equal(rows, shard.tables.weights[0][[3]])
+        assert client.stalled_s >= 0.4
+    finally:
+        registered.cancel()
+        server.stop(grace=0)
+        client.close()
+
+
 def test_bad_request_is_invalid_argument_not_retried() -> None:
     import grpc
     import pytest

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from dlrm_trainer import checkpoint, embedding_server, sync_server
 from dlrm_trainer.rpc import Client, stalled_seconds
-from dlrm_trainer.runtime import Heartbeat, ReplicaEnv, coordination, endpoint, stop_event_on_signals
+from dlrm_trainer.runtime import ConfigError, Heartbeat, ReplicaEnv, coordination, endpoint, stop_event_on_signals
 from trainingjob_operator.api.spec import Role
 from trainingjob_operator.coordination import Coordination
 
@@ -184,7 +184,11 @@ def run_trainer(renv: ReplicaEnv) -> int:
     sync_client = Client(sync_server.SERVICE, _resolver(coord, Role.SYNC_SERVER, 0), wait_s,
                          peer=f"{Role.SYNC_SERVER.value}-0")
     device = choose_device(spec.training.device)
-    trainer = Trainer(spec, renv.rank, coord, data_source(spec), emb_clients, sync_client, device)
+    try:
+        source = data_source(spec)
+    except FileNotFoundError as exc:  # no restart mounts a missing dataset: fail the job, say which field
+        raise ConfigError(f"data.path: {exc}") from None
+    trainer = Trainer(spec, renv.rank, coord, source, emb_clients, sync_client, device)
     previous = coord.progress(renv.rank)
     resumed = previous is not None and not previous.done
     if resumed and previous is not None:

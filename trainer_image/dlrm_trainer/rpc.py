@@ -195,9 +195,17 @@ class Client:
     def stalled_s(self) -> float:
         return stalled_seconds([self])
 
-    def call_async(self, method: str, request: Message) -> grpc.Future:
-        """Fire without retries (the caller falls back to ``call`` on failure)."""
-        future: grpc.Future = self._callable(method).future(request, timeout=min(self.deadline_s, ATTEMPT_S))
+    def call_async(self, method: str, request: Message) -> grpc.Future | futures.Future[Message]:
+        """Fire without retries; the result raises on any failure and the caller falls back to ``call``,
+        which waits for the peer. A peer being replaced has no endpoint yet: that, too, is a failed
+        future, never an exception here (it once crashed every trainer of a full recovery)."""
+        try:
+            method_call = self._callable(method)
+        except ConnectionError as exc:
+            failed: futures.Future[Message] = futures.Future()
+            failed.set_exception(exc)
+            return failed
+        future: grpc.Future = method_call.future(request, timeout=min(self.deadline_s, ATTEMPT_S))
         return future
 
     def close(self) -> None:

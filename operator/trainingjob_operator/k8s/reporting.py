@@ -21,6 +21,7 @@ from trainingjob_operator.api.status import (
     RecoveryStatus,
     TrainingJobStatus,
 )
+from trainingjob_operator.coordination import waiting_for
 from trainingjob_operator.reconcile import Decision, FailureEvent, JobMemory, ReplicaId, iso
 
 COORDINATOR_KEY = "coordinator"
@@ -158,6 +159,7 @@ def summarize_progress(
         samples_per_second=round(sum(rates), 3) if rates else None,
         loss=round(sum(losses) / len(losses), 6) if losses else None,
         auc=round(sum(aucs) / len(aucs), 6) if aucs else None,
+        waiting_for=waiting_for(progress.values()),
     )
 
 

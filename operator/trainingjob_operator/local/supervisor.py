@@ -22,7 +22,7 @@ import psutil
 
 from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob
 from trainingjob_operator.api.status import Phase
-from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.coordination import Coordination, waiting_for
 from trainingjob_operator.core import contract
 from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
@@ -73,6 +73,7 @@ class Snapshot:
     generation: int
     running: int
     desired: int
+    waiting_for: list[str] = field(default_factory=list)  # servers a trainer is blocked on
 
 
 class LocalSupervisor:
@@ -273,7 +274,7 @@ class LocalSupervisor:
             samples_per_second=sum(rates) if rates else None, loss=sum(losses) / len(losses) if losses else None,
             failures=self.memory.failures, generation=self.memory.generation,
             running=sum(1 for p in self.processes.values() if p.poll() is None),
-            desired=len(desired_replicas(self.spec)),
+            desired=len(desired_replicas(self.spec)), waiting_for=waiting_for(progress.values()),
         )
 
     def run(self) -> dict[str, Any]:
