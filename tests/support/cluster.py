@@ -40,15 +40,15 @@ def manifest(name: str, *, trainers: int = 2, embedding_servers: int = 2, **spec
         "replicas": {"trainer": {"replicas": trainers}, "embeddingServer": {"replicas": embedding_servers}},
         "recovery": {"restartBudget": {"maxRestarts": 5, "windowSeconds": 600}},
     }
-    _merge(body, spec)
+    merge(body, spec)
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": body}
 
 
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            merge(into[key], value)
         else:
             into[key] = value
 
