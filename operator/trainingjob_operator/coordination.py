@@ -182,6 +182,37 @@ class Coordination:
         """Roll a trainer's resume point (full recovery rolls every trainer back to the checkpoint)."""
         self.report_progress(Progress(rank, samples, cursor, None, None, time.time(), False))
 
+    # --- coordinated checkpoint rounds (full recovery's consistent cut) -------------------
+    def announce_round(self, round_id: int, cursor: int) -> None:
+        """Every trainer pauses before batch ``cursor`` of its shard; servers then save round ``round_id``."""
+        self.r.set(self.key("round"), json.dumps({"round": round_id, "cursor": cursor, "time": time.time()}))
+
+    def announced_round(self) -> dict[str, Any] | None:
+        raw = self.r.get(self.key("round"))
+        return json.loads(raw) if raw else None
+
+    def round_saved(self, round_id: int, member: str, checkpoint_id: str, cursor: int) -> None:
+        """``member`` (embedding-server-0, sync-server-0) durably saved its part of round ``round_id``."""
+        self.r.hset(self.key("rounds"), f"{round_id}:{member}", json.dumps({"id": checkpoint_id, "cursor": cursor}))
+
+    def saved_rounds(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """round -> member -> {"id": checkpoint id, "cursor": the round's trainer cursor}."""
+        raw: dict[str, str] = self.r.hgetall(self.key("rounds"))  # type: ignore[assignment]
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        for field_name, value in raw.items():
+            round_id, _, member = field_name.partition(":")
+            out.setdefault(int(round_id), {})[member] = json.loads(value)
+        return out
+
+    def set_restore_round(self, restore: dict[str, Any] | None) -> None:
+        """What a full recovery restores: {"round", "cursor", "ids": member -> checkpoint id}; None: nothing
+        (every replica starts from initial weights at cursor 0)."""
+        self.r.set(self.key("restore_round"), json.dumps(restore))
+
+    def restore_round(self) -> dict[str, Any] | None:
+        raw = self.r.get(self.key("restore_round"))
+        return json.loads(raw) if raw else None
+
     # --- recovery records, checkpoint log, learning curve ----------------------------------
     def record_recovery(self, name: str, instance: str, **fields: Any) -> None:
         """What a replacement restored (checkpoint loaded, fallbacks, samples lost)."""

@@ -1,12 +1,20 @@
 """Writing a failure, shared by the operator and the local supervisor: the generation first, then
 the failure record (``core.recovery``) with the samples trained at that moment, and for a full
-recovery the rollback point read from the shards' checkpoint pointers."""
+recovery the consistent cut to restore (the newest checkpoint round every server saved) and where
+the trainers resume."""
 
 from __future__ import annotations
 
 from trainingjob_operator.api.spec import RecoveryMode, TrainingJobSpec
 from trainingjob_operator.coordination import Coordination
-from trainingjob_operator.core.recovery import FailureRecord, RollbackPoint, failure_record, rollback_point
+from trainingjob_operator.core.recovery import (
+    FailureRecord,
+    RollbackPoint,
+    consistent_round,
+    failure_record,
+    rollback_point,
+    round_members,
+)
 from trainingjob_operator.reconcile import RecordFailure
 
 
@@ -18,7 +26,7 @@ def write_failure(coord: Coordination, spec: TrainingJobSpec, action: RecordFail
     coord.log_failure(**record.to_stream())
     if action.mode != RecoveryMode.FULL:
         return record, None
-    pointers = [coord.checkpoint_pointer(s) for s in range(spec.replicas.embedding_server.replicas)]
-    point = rollback_point([p.get("progress") if p else None for p in pointers],
-                           spec.replicas.trainer.replicas, spec.data.batch_size)
-    return record, point
+    restore = consistent_round(coord.saved_rounds(), round_members(spec))
+    # Published before any replacement starts: each server loads its part of this round, nothing newer.
+    coord.set_restore_round(restore.to_wire() if restore is not None else None)
+    return record, rollback_point(restore, spec.data.batch_size)

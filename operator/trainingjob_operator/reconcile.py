@@ -269,125 +269,181 @@ def reconcile(
     mode: str = "partial",
 ) -> Decision:
     """Decide what to do about one job. ``mode`` is the effective recovery mode: partial or full
-    (the caller resolves ``auto`` with the tuning module's benefit test)."""
-    desired = desired_replicas(spec)
+    (the caller resolves ``auto`` with the tuning module's benefit test). The steps, in order: a
+    finished job only cleans up; all trainers done ends it; a fatal failure fails it; otherwise
+    failures are replaced, lost deletes repeated, missing replicas created, and the phase follows."""
     mem = memory if memory.start_time is not None else dataclasses.replace(memory, start_time=now)
-
     if mem.phase.finished:
         # Nothing is restarted after the end; only leftovers are cleaned up.
         return Decision(_stop_everything(observed, f"Job{mem.phase.value}"), mem, _replica_status(spec, observed, mem))
+    mem = _note_succeeded_trainers(spec, observed, mem)
+    if (done := _succeeded(spec, observed, mem, now)) is not None:
+        return done
+    failures = [f for rid in desired_replicas(spec)
+                if (f := _failure_of(rid, observed.get(rid), mem, spec, now)) is not None]
+    if (fatal := _fatal_decision(spec, observed, mem, failures, mode, now)) is not None:
+        return fatal
+    plan = _replace_failed(spec, observed, mem, failures, mode, now)
+    plan = _repeat_lost_deletes(spec, observed, plan, mode)
+    plan = _create_missing(spec, observed, mem, failures, plan, now)
+    mem = _next_memory(spec, observed, mem, failures, plan, now)
+    return Decision(plan.actions, mem, _replica_status(spec, observed, mem))
 
+
+@dataclass
+class _Plan:
+    """What the replacement steps build up for one reconcile pass."""
+
+    actions: list[Action]
+    replacing: set[str]
+    restart_times: dict[str, tuple[float, ...]]
+    restarts: dict[str, int]
+    generation: int
+    conditions: tuple[Condition, ...]
+    created_at: dict[str, float] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+
+
+def _note_succeeded_trainers(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica],
+                             mem: JobMemory) -> JobMemory:
     succeeded = set(mem.succeeded) | {
-        rid.name for rid in desired
+        rid.name for rid in desired_replicas(spec)
         if rid.role is Role.TRAINER and (o := observed.get(rid)) is not None and o.phase is ReplicaPhase.SUCCEEDED
     }
-    mem = dataclasses.replace(mem, succeeded=frozenset(succeeded))
-    trainers = [rid for rid in desired if rid.role is Role.TRAINER]
-    if all(rid.name in succeeded for rid in trainers):
-        conditions = set_condition(mem.conditions, ConditionType.SUCCEEDED, True, "TrainersCompleted",
-                                   f"all {len(trainers)} trainers finished", now)
-        conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Completed", "", now)
-        mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
-                                  replacing=frozenset())
-        return Decision(_stop_everything(observed, "TrainersCompleted"), mem, _replica_status(spec, observed, mem))
+    return dataclasses.replace(mem, succeeded=frozenset(succeeded))
 
-    failures = [f for rid in desired if (f := _failure_of(rid, observed.get(rid), mem, spec, now)) is not None]
-    actions: list[Action] = []
+
+def _succeeded(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
+               now: float) -> Decision | None:
+    """Every trainer finished: the job Succeeded and the servers are stopped."""
+    trainers = [rid for rid in desired_replicas(spec) if rid.role is Role.TRAINER]
+    if not all(rid.name in mem.succeeded for rid in trainers):
+        return None
+    conditions = set_condition(mem.conditions, ConditionType.SUCCEEDED, True, "TrainersCompleted",
+                               f"all {len(trainers)} trainers finished", now)
+    conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Completed", "", now)
+    conditions = set_condition(conditions, ConditionType.RUNNING, False, "Completed", "", now)
+    mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
+                              replacing=frozenset())
+    return Decision(_stop_everything(observed, "TrainersCompleted"), mem, _replica_status(spec, observed, mem))
+
+
+def _fatal_decision(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
+                    failures: list[FailureEvent], mode: str, now: float) -> Decision | None:
+    """The first failure no restart can fix (exit 78, the restart budget spent) fails the whole job."""
     for failure in failures:
         fatal = _fatal(failure, mem, spec, now)
-        if fatal is not None:
-            reason, message = fatal
-            conditions = set_condition(mem.conditions, ConditionType.FAILED, True, reason, message, now)
-            conditions = set_condition(conditions, ConditionType.RECOVERING, False, reason, "", now)
-            mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
-                                      failures=mem.failures + 1, last_failure=failure, replacing=frozenset())
-            actions = [RecordFailure(failure, mem.generation, mode), *_stop_everything(observed, reason)]
-            return Decision(actions, mem, _replica_status(spec, observed, mem))
-
-    replacing = set(mem.replacing)
-    restart_times = dict(mem.restart_times)
-    restarts = dict(mem.restarts)
-    generation = mem.generation
-    conditions = mem.conditions
-    if failures:
-        generation += 1
-        to_replace = (
-            {f.id for f in failures}
-            if mode == "partial"
-            else {rid for rid in desired if rid.name not in succeeded}
-        )
-        for failure in failures:
-            restart_times[failure.id.name] = (
-                *_recent(restart_times.get(failure.id.name, ()), now, spec.recovery.restart_budget.window_seconds),
-                now,
-            )
-            actions.append(RecordFailure(failure, generation, mode))
-        for rid in sorted(to_replace):
-            if rid.name in replacing:
-                continue  # already being replaced (full mode, second failure): one restart, not two
-            restarts[rid.name] = restarts.get(rid.name, 0) + 1
-            replacing.add(rid.name)
-            obs = observed.get(rid)
-            if obs is not None and not obs.deleting:
-                actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
-        last = failures[-1]
-        names = ", ".join(f.id.name for f in failures)
-        conditions = set_condition(conditions, ConditionType.RECOVERING, True, last.reason,
-                                   f"replacing {names if mode == 'partial' else 'all replicas'} "
-                                   f"({mode} recovery, generation {generation})", now)
-
-    # A replica being replaced that is still there and not going away lost its delete (a failed
-    # request, or a shell restarted between deleting and persisting memory): ask again. Shells
-    # report pods they asked to delete as deleting, so nothing repeats while a delete is in flight.
-    asked = {a.id for a in actions if isinstance(a, DeleteReplica)}
-    for rid in desired:
-        obs = observed.get(rid)
-        if rid.name in replacing and rid not in asked and obs is not None and not obs.deleting:
-            actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
-
-    created_at = dict(mem.created_at)
-    seen = {rid.name for rid in desired if rid in observed} | (set(mem.seen) - {f.id.name for f in failures})
-    for rid in desired:
-        name = rid.name
-        if name in succeeded or rid in observed:
+        if fatal is None:
             continue
-        if name in replacing or name not in created_at:
-            reason = CreateReason.REPLACEMENT if name in replacing else CreateReason.INITIAL
-            actions.append(CreateReplica(rid, generation, reason))
-            created_at[name] = now
-            replacing.discard(name)
-            seen.discard(name)
+        reason, message = fatal
+        conditions = set_condition(mem.conditions, ConditionType.FAILED, True, reason, message, now)
+        conditions = set_condition(conditions, ConditionType.RECOVERING, False, reason, "", now)
+        conditions = set_condition(conditions, ConditionType.RUNNING, False, reason, "", now)
+        mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
+                                  failures=mem.failures + 1, last_failure=failure, replacing=frozenset())
+        actions = [RecordFailure(failure, mem.generation, mode), *_stop_everything(observed, reason)]
+        return Decision(actions, mem, _replica_status(spec, observed, mem))
+    return None
 
-    pending_replacements = bool(replacing) or any(
-        isinstance(a, CreateReplica) and a.reason is CreateReason.REPLACEMENT for a in actions
+
+def _replace_failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
+                    failures: list[FailureEvent], mode: str, now: float) -> _Plan:
+    """Record each failure and delete what it replaces: the failed replicas (partial) or every
+    unfinished one (full), one generation up."""
+    plan = _Plan(actions=[], replacing=set(mem.replacing), restart_times=dict(mem.restart_times),
+                 restarts=dict(mem.restarts), generation=mem.generation, conditions=mem.conditions)
+    if not failures:
+        return plan
+    plan.generation += 1
+    to_replace = ({f.id for f in failures} if mode == "partial"
+                  else {rid for rid in desired_replicas(spec) if rid.name not in mem.succeeded})
+    for failure in failures:
+        plan.restart_times[failure.id.name] = (
+            *_recent(plan.restart_times.get(failure.id.name, ()), now, spec.recovery.restart_budget.window_seconds),
+            now,
+        )
+        plan.actions.append(RecordFailure(failure, plan.generation, mode))
+    for rid in sorted(to_replace):
+        if rid.name in plan.replacing:
+            continue  # already being replaced (full mode, second failure): one restart, not two
+        plan.restarts[rid.name] = plan.restarts.get(rid.name, 0) + 1
+        plan.replacing.add(rid.name)
+        obs = observed.get(rid)
+        if obs is not None and not obs.deleting:
+            plan.actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
+    names = ", ".join(f.id.name for f in failures)
+    plan.conditions = set_condition(plan.conditions, ConditionType.RECOVERING, True, failures[-1].reason,
+                                    f"replacing {names if mode == 'partial' else 'all replicas'} "
+                                    f"({mode} recovery, generation {plan.generation})", now)
+    return plan
+
+
+def _repeat_lost_deletes(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], plan: _Plan,
+                         mode: str) -> _Plan:
+    """A replica being replaced that is still there and not going away lost its delete (a failed
+    request, or a shell restarted between deleting and persisting memory): ask again. Shells report
+    pods they asked to delete as deleting, so nothing repeats while a delete is in flight."""
+    asked = {a.id for a in plan.actions if isinstance(a, DeleteReplica)}
+    for rid in desired_replicas(spec):
+        obs = observed.get(rid)
+        if rid.name in plan.replacing and rid not in asked and obs is not None and not obs.deleting:
+            plan.actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
+    return plan
+
+
+def _create_missing(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
+                    failures: list[FailureEvent], plan: _Plan, now: float) -> _Plan:
+    """Create every replica that is gone and being replaced, or was never created. One observed and
+    then gone (``seen``) counts as failed at once, so it never waits out the create grace."""
+    plan.created_at = dict(mem.created_at)
+    plan.seen = {rid.name for rid in desired_replicas(spec) if rid in observed} | \
+        (set(mem.seen) - {f.id.name for f in failures})
+    for rid in desired_replicas(spec):
+        name = rid.name
+        if name in mem.succeeded or rid in observed:
+            continue
+        if name in plan.replacing or name not in plan.created_at:
+            reason = CreateReason.REPLACEMENT if name in plan.replacing else CreateReason.INITIAL
+            plan.actions.append(CreateReplica(rid, plan.generation, reason))
+            plan.created_at[name] = now
+            plan.replacing.discard(name)
+            plan.seen.discard(name)
+    return plan
+
+
+def _next_memory(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
+                 failures: list[FailureEvent], plan: _Plan, now: float) -> JobMemory:
+    """The phase and conditions that follow from this pass, and everything the next pass must remember."""
+    pending_replacements = bool(plan.replacing) or any(
+        isinstance(a, CreateReplica) and a.reason is CreateReason.REPLACEMENT for a in plan.actions
     )
     all_running = all(
-        rid.name in succeeded or ((o := observed.get(rid)) is not None and o.phase is ReplicaPhase.RUNNING)
-        for rid in desired
+        rid.name in mem.succeeded or ((o := observed.get(rid)) is not None and o.phase is ReplicaPhase.RUNNING)
+        for rid in desired_replicas(spec)
     )
+    conditions = plan.conditions
     if pending_replacements or failures:
         phase = Phase.RECOVERING
     elif all_running:
         phase = Phase.RUNNING
         if any(c.type == ConditionType.RECOVERING and c.status == "True" for c in conditions):
             conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Recovered",
-                                       f"all replicas running (generation {generation})", now)
+                                       f"all replicas running (generation {plan.generation})", now)
     else:
         phase = Phase.PENDING if mem.phase is Phase.PENDING else Phase.RECOVERING
     if phase is Phase.RUNNING or mem.phase is not Phase.PENDING:
         conditions = set_condition(conditions, ConditionType.RUNNING, phase is Phase.RUNNING,
                                    "AllReplicasRunning" if phase is Phase.RUNNING else phase.value, "", now)
-    mem = dataclasses.replace(
+    return dataclasses.replace(
         mem,
         phase=phase,
-        generation=generation,
-        created_at=created_at,
-        seen=frozenset(seen),
-        replacing=frozenset(replacing),
-        restart_times=restart_times,
-        restarts=restarts,
+        generation=plan.generation,
+        created_at=plan.created_at,
+        seen=frozenset(plan.seen),
+        replacing=frozenset(plan.replacing),
+        restart_times=plan.restart_times,
+        restarts=plan.restarts,
         failures=mem.failures + len(failures),
         last_failure=failures[-1] if failures else mem.last_failure,
         conditions=conditions,
     )
-    return Decision(actions, mem, _replica_status(spec, observed, mem))

@@ -11,11 +11,14 @@ from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.api.spec import RecoveryMode, Role, TrainingJob, TrainingJobSpec
 from trainingjob_operator.core import contract
 from trainingjob_operator.core.recovery import (
+    RestoreRound,
     RollbackPoint,
+    consistent_round,
     failure_record,
     measurements,
     resolve_mode,
     rollback_point,
+    round_members,
     trainer_rollbacks,
     tuning_inputs,
 )
@@ -57,13 +60,30 @@ def test_the_failure_record_carries_the_samples_at_failure() -> None:
         "instance": "uid-9", "generation": 4, "mode": "partial", "samples": 81920, "pod": "job-embedding-server-0"}
 
 
-@pytest.mark.parametrize(("progress", "expected"), [
-    ([40_960, 30_720], RollbackPoint(cursor=15, samples=15_360)),  # the oldest shard's, in equal shares
-    ([40_960, None], RollbackPoint(0, 0)),  # a shard without a checkpoint: start over
-    ([], RollbackPoint(0, 0)),
-])
-def test_the_rollback_point(progress: list[int | None], expected: RollbackPoint) -> None:
-    assert rollback_point(progress, trainers=2, batch_size=1024) == expected
+MEMBERS = ["embedding-server-0", "embedding-server-1", "sync-server-0"]
+
+
+def part(checkpoint_id: str, cursor: int) -> dict[str, Any]:
+    return {"id": checkpoint_id, "cursor": cursor}
+
+
+def test_full_recovery_restores_the_newest_round_every_server_saved() -> None:
+    saved = {
+        3: {"embedding-server-0": part("00000007-full", 40), "sync-server-0": part("00000004-dense", 40)},
+        2: {m: part(f"{m}-r2", 30) for m in MEMBERS},  # round 3 lacks shard 1: not a consistent cut
+        1: {m: part(f"{m}-r1", 15) for m in MEMBERS},
+    }
+    restore = consistent_round(saved, MEMBERS)
+    assert restore == RestoreRound(2, 30, {m: f"{m}-r2" for m in MEMBERS})
+    assert rollback_point(restore, batch_size=1024) == RollbackPoint(cursor=30, samples=30 * 1024)
+    assert restore.to_wire() == {"round": 2, "cursor": 30, "ids": {m: f"{m}-r2" for m in MEMBERS}}
+
+
+def test_without_a_complete_round_a_full_recovery_starts_over() -> None:
+    assert consistent_round({}, MEMBERS) is None
+    assert consistent_round({1: {"embedding-server-0": part("x", 5)}}, MEMBERS) is None
+    assert rollback_point(None, batch_size=1024) == RollbackPoint(0, 0)
+    assert round_members(make_job(replicas={"embeddingServer": {"replicas": 2}}).spec) == MEMBERS
 
 
 def test_only_full_recovery_rolls_replaced_trainers_back() -> None:

@@ -36,6 +36,7 @@ from tests.operator.test_faithful_cluster import faithful  # noqa: F401  (fixtur
 from tests.support.cluster import FaithfulCluster, merge
 from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.core.recovery import consistent_round
 from trainingjob_operator.local import supervisor as supervisor_module
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess
 from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
@@ -50,6 +51,7 @@ SPEC: dict[str, Any] = {
     "recovery": {"checkpoint": {"intervalSeconds": 2}},  # the default 15 s heartbeat timeout
 }
 REPLICAS = ["embedding-server-0", "embedding-server-1", "sync-server-0", "trainer-0", "trainer-1"]
+MEMBERS = ["embedding-server-0", "embedding-server-1", "sync-server-0"]  # who saves a part of each round
 DELAY_S = 180.0  # a replacement slower than any RPC deadline: scheduling, an image pull, a large shard
 
 
@@ -206,10 +208,12 @@ async def recovers_as_the_contract_says(start: Start, scenario: Scenario) -> Non
     await eventually(lambda: all((p := coord.progress(r)) is not None and p.samples > 0 for r in (0, 1)),
                      timeout=120, what="both trainers training")
     shard = int(scenario.victim.rsplit("-", 1)[1]) if scenario.victim.startswith("embedding") else 0
-    shards = (0, 1) if scenario.mode == "full" else (shard,)  # full recovery rolls back to every shard's
-    for s in shards:
-        await eventually(lambda s=s: (p := coord.checkpoint_pointer(s)) is not None and p.get("progress", 0) > 0,
-                         timeout=60, what=f"a checkpoint of shard {s} taken while training")
+    if scenario.mode == "full":  # full recovery restores a checkpoint round every server saved
+        await eventually(lambda: consistent_round(coord.saved_rounds(), MEMBERS) is not None, timeout=60,
+                         what="a checkpoint round saved by every server")
+    else:
+        await eventually(lambda: (p := coord.checkpoint_pointer(shard)) is not None and p.get("progress", 0) > 0,
+                         timeout=60, what=f"a checkpoint of shard {shard} taken while training")
     survivors = {name: backend.pid(name) for name in REPLICAS if name not in scenario.replaced()}
     if scenario.delay_s:
         backend.delay_next_start(scenario.victim, scenario.delay_s)
@@ -264,18 +268,22 @@ async def recovers_as_the_contract_says(start: Start, scenario: Scenario) -> Non
 
 
 def rolled_back_as_one(coord: Coordination, failure: dict[str, Any]) -> None:
-    """Full recovery: every trainer resumed at the same cursor, at or before the samples trained when the
-    failure struck, and no shard's replacement counted lost samples (the rollback re-trains them)."""
+    """Full recovery is a consistent cut: every shard restored its part of one checkpoint round, the
+    newest one every server had saved when the failure struck, and every trainer resumed at that round's
+    cursor, so no update is applied twice; nothing counts as lost (the rollback re-trains it)."""
+    restore = coord.restore_round()
+    assert restore is not None, "no checkpoint round restored"
+    assert set(restore["ids"]) == set(MEMBERS)
+    saved_then = {r for r, parts in coord.saved_rounds().items() if set(MEMBERS) <= set(parts)}
+    assert restore["round"] in saved_then
     results = [coord.result(rank) for rank in (0, 1)]
-    assert all(r is not None for r in results)
-    starts = {r["start_cursor"] for r in results if r is not None}
-    assert len(starts) == 1, results
-    [cursor] = starts
-    batch = SPEC["data"]["batchSize"]
-    assert 0 < cursor * batch * 2 <= failure["samples"]
+    assert [r["start_cursor"] for r in results if r is not None] == [restore["cursor"]] * 2, results
+    assert 0 < restore["cursor"] * SPEC["data"]["batchSize"] * 2 <= failure["samples"]
     for shard in (0, 1):
-        replacements = [r for instance, r in coord.recoveries(f"embedding-server-{shard}").items()]
-        assert replacements and all(r["lost_samples"] == 0 for r in replacements)
+        name = f"embedding-server-{shard}"
+        replacement = max(coord.recoveries(name).values(), key=lambda r: r["time"])
+        assert replacement["loaded"] == [restore["ids"][name]], replacement  # that round's part, nothing newer
+        assert replacement["lost_samples"] == 0
     assert coord.lost_samples() == 0
 
 

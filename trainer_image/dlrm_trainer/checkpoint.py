@@ -519,8 +519,10 @@ class BackgroundCheckpointer:
 
     def __init__(self, shard: LockedShard, writer: SnapshotWriter, spec: CheckpointSpec,
                  interval_source: Callable[[], float], progress: Callable[[], int],
-                 on_error: Callable[[Exception], None] | None = None, seed: int = 0, reread_s: float = 5.0) -> None:
+                 on_error: Callable[[Exception], None] | None = None, seed: int = 0, reread_s: float = 5.0,
+                 periodic: Callable[[], bool] = lambda: True) -> None:
         self.shard = shard
+        self.periodic = periodic  # False while checkpoint rounds own the saves (full recovery, see rounds)
         self.reread_s = reread_s
         self.writer = writer
         self.spec = spec
@@ -582,9 +584,33 @@ class BackgroundCheckpointer:
             if self._stopping:
                 break
             last = time.monotonic()
-            self.save_once()
+            if self._periodic():
+                self.save_once()
         if self._final:
             self.save_once()
+
+    def _periodic(self) -> bool:
+        try:
+            return bool(self.periodic())
+        except Exception as e:  # Redis unreachable: keep saving on the interval
+            log.warning("checkpoint mode unreadable, saving on the interval: %s", e)
+            return True
+
+    def write_full(self, snap: SnapshotData, progress_marker: int) -> CheckpointInfo | None:
+        """Write a full snapshot taken elsewhere (a checkpoint round's); serialised with the periodic saves."""
+        with self._cycle_lock:
+            try:
+                info = self.writer.save(snap, "full", progress_marker)
+            except Exception as e:
+                self._failed(e)
+                return None
+            self._partials_since_full = 0
+            with self._stats_lock:
+                self._stats.saves += 1
+                self._stats.last = info
+                self._stats.stall_s = [*self._stats.stall_s[-(_STALLS_KEPT - 1):], snap.stall_s]
+                self._stats.bytes_written += info.bytes
+            return info
 
     def save_once(self) -> CheckpointInfo | None:
         """One cycle in the calling thread; returns None when the save failed (see the stats)."""
@@ -727,7 +753,8 @@ def _check(path: Path, tables: ShardState) -> tuple[Manifest | None, str | None]
 
 
 def load_latest(
-    root: Path | str, shard: int, tables: ShardState, coord: CheckpointCoordination | None = None
+    root: Path | str, shard: int, tables: ShardState, coord: CheckpointCoordination | None = None,
+    only: str | None = None,
 ) -> LoadReport:
     """Restore ``tables`` in place from the shard's newest intact checkpoint chain (see module docstring).
 
@@ -736,12 +763,15 @@ def load_latest(
     applied. Every file is verified before anything is copied, so with no intact full the tables are
     untouched. Access counters of a restored shard are zeroed (everything equals its saved value).
     Call before serving: it takes no lock. Records ``o_load`` when ``coord`` is given and something loaded.
+    ``only``: restore exactly that full checkpoint (a full recovery's round, see ``rounds``), no partials.
     """
     start = time.perf_counter()
     entries = _entries(Path(root) / f"shard-{shard}")
     skipped: list[Skipped] = []
     chosen: tuple[int, Manifest, Path] | None = None
     for seq, kind, path, complete in reversed(entries):
+        if only is not None and path.name != only:
+            continue
         if complete and kind == "full":
             manifest, problem = _check(path, tables)
             if problem is None and manifest is not None:
@@ -756,7 +786,8 @@ def load_latest(
         rows = _apply(path0, manifest0, tables)
         loaded.append(manifest0.id)
         progress = manifest0.progress
-        rows, progress = _apply_partials(entries, seq0, tables, loaded, skipped, rows, progress)
+        if only is None:
+            rows, progress = _apply_partials(entries, seq0, tables, loaded, skipped, rows, progress)
         for access in tables.access:
             access.zero_()
     duration = time.perf_counter() - start
@@ -824,11 +855,12 @@ def save_dense(root: Path | str, flat: torch.Tensor, progress_marker: int | None
                           manifest.created_unix, progress_marker, 0.0, manifest.write_s)
 
 
-def load_dense(root: Path | str) -> DenseLoad:
-    """The newest intact dense checkpoint, falling back past corrupt ones (reported in ``skipped``)."""
+def load_dense(root: Path | str, only: str | None = None) -> DenseLoad:
+    """The newest intact dense checkpoint, falling back past corrupt ones (reported in ``skipped``);
+    ``only``: exactly that one (a full recovery's round)."""
     skipped: list[Skipped] = []
     for _, _, path, complete in reversed(_entries(Path(root) / DENSE_DIR)):
-        if not complete:
+        if not complete or (only is not None and path.name != only):
             continue
         try:
             manifest = _read_manifest(path)

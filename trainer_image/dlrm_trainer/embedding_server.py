@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +98,8 @@ class EmbeddingShard:
             self.rows_updated += int(ids.numel())
 
 
-def serve(shard: EmbeddingShard, host: str = "0.0.0.0", port: int = 0, workers: int = 8) -> Server:
+def serve(shard: EmbeddingShard, host: str = "0.0.0.0", port: int = 0, workers: int = 8,
+          extra: Mapping[str, Callable[[Message], Message]] | None = None) -> Server:
     def lookup(request: Message) -> Message:
         rows = shard.lookup(request.tensors["ids"], request.tensors["counts"])
         return Message({"rows": rows})
@@ -111,6 +113,7 @@ def serve(shard: EmbeddingShard, host: str = "0.0.0.0", port: int = 0, workers: 
         return Message(meta={"updates": shard.updates, "rows_updated": shard.rows_updated,
                              "rows": shard.tables.num_rows, "bytes": shard.tables.nbytes, "time": time.time()})
 
-    server = Server(SERVICE, {"Lookup": lookup, "Update": update, "Stats": stats}, host, port, workers)
+    server = Server(SERVICE, {"Lookup": lookup, "Update": update, "Stats": stats, **(extra or {})}, host, port,
+                    workers)
     server.start()
     return server

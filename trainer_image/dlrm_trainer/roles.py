@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import resource
+import threading
 import time
 from collections.abc import Callable
 
-from dlrm_trainer import checkpoint, embedding_server, sync_server
+import torch
+
+from dlrm_trainer import checkpoint, embedding_server, rounds, sync_server
 from dlrm_trainer.rpc import Client, stalled_seconds
 from dlrm_trainer.runtime import ConfigError, Heartbeat, ReplicaEnv, coordination, endpoint, stop_event_on_signals
 from trainingjob_operator.api.spec import Role
@@ -47,10 +50,17 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
     """Load this shard's latest intact checkpoint (CPR: only the failed shard reloads) and count the
     samples whose updates to this shard were lost since that checkpoint (PLS)."""
     spec = renv.spec
-    report = checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord)
+    full_recovery = coord.recovery_mode() == "full"
+    if full_recovery and renv.generation > 0:
+        # A full recovery restores its consistent cut, this shard's part of one round (nothing newer);
+        # with no complete round every replica starts over from initial weights.
+        only = restored_part(coord, renv.name)
+        report = (checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord, only=only) if only
+                  else checkpoint.LoadReport(renv.rank, (), (), (), None, 0, 0.0))
+    else:
+        report = checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord)
     trained = coord.total_samples(spec.replicas.trainer.replicas)
     lost = 0
-    full_recovery = coord.recovery_mode() == "full"
     if trained > 0 and not full_recovery:
         # A replacement mid-job: this shard's updates from samples between the restored checkpoint and
         # the failure are gone. Updates sent after the failure were retried against this replacement.
@@ -63,6 +73,17 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
                           description=report.describe(), fallback=bool(report.skipped), duration_s=report.duration_s,
                           samples_at_start=trained, restored_progress=report.progress)
     log.info("%s: %s; %d samples' updates lost", renv.name, report.describe(), lost)
+
+
+def restored_part(coord: Coordination, member: str) -> str | None:
+    """The checkpoint id ``member`` restores in a full recovery (None: start from initial weights)."""
+    restore = coord.restore_round()
+    return str(restore["ids"][member]) if restore and member in restore.get("ids", {}) else None
+
+
+def _in_full_mode(coord: Coordination) -> Callable[[], bool]:
+    """Periodic saves stop while the effective mode is full: checkpoint rounds take their place."""
+    return lambda: coord.recovery_mode() != "full"
 
 
 def run_embedding_server(renv: ReplicaEnv) -> int:
@@ -84,8 +105,25 @@ def run_embedding_server(renv: ReplicaEnv) -> int:
     saver = checkpoint.BackgroundCheckpointer(
         shard, writer, spec.recovery.checkpoint, checkpoint.tuned_interval(spec.recovery.checkpoint, coord),
         progress=lambda: coord.total_samples(trainers), on_error=on_error, seed=spec.data.seed + renv.rank,
+        periodic=_in_full_mode(coord),
     ).start()
-    server = embedding_server.serve(shard, host="0.0.0.0", port=renv.port)
+
+    def save_round(round_id: int, cursor: int) -> None:
+        # The snapshot now, while every trainer waits at the round's cursor; the write in the background.
+        everything = checkpoint.select_rows("full", tables.access, 0.0, 0.0, torch.Generator())
+        snap = checkpoint.snapshot(tables, everything, shard.lock)
+        progress = cursor * spec.data.batch_size * trainers
+
+        def write() -> None:
+            info = saver.write_full(snap, progress)
+            if info is not None:
+                coord.round_saved(round_id, renv.name, info.id, cursor)
+
+        threading.Thread(target=write, name=f"round-{round_id}", daemon=True).start()
+
+    barrier = rounds.RoundBarrier(trainers, save_round)
+    server = embedding_server.serve(shard, host="0.0.0.0", port=renv.port,
+                                    extra={rounds.ROUND_METHOD: barrier.handler})
 
     def stop() -> None:
         saver.stop(final=False, timeout_s=10)
@@ -118,15 +156,35 @@ def run_sync_server(renv: ReplicaEnv) -> int:
     heartbeat = start_heartbeat(renv, coord)
     service = sync_server.SyncService(spec.replicas.trainer.replicas, spec.training.sync.block_momentum,
                                       spec.training.sync.block_learning_rate)
-    if coord.recovery_mode() == "full" and coord.total_samples(spec.replicas.trainer.replicas) > 0:
-        # Full recovery rolls the dense copy back too; partial recovery re-seeds from a live trainer.
-        dense = checkpoint.load_dense(renv.checkpoint_dir)
-        if dense.flat is not None:
+    trainers = spec.replicas.trainer.replicas
+    if coord.recovery_mode() == "full" and renv.generation > 0:
+        # Full recovery rolls the dense copy back to its round too; partial recovery re-seeds from a trainer.
+        only = restored_part(coord, renv.name)
+        dense = checkpoint.load_dense(renv.checkpoint_dir, only=only) if only else None
+        if dense is not None and dense.flat is not None:
             service.state.center = dense.flat
-        log.info("sync-server: dense checkpoint %s", dense.id or "none")
+        log.info("sync-server: dense checkpoint %s", (dense.id if dense else None) or "none (initial)")
     saver = sync_server.DenseCheckpointer(service, renv.checkpoint_dir, checkpoint.tuned_interval(
-        spec.recovery.checkpoint, coord), lambda: coord.total_samples(spec.replicas.trainer.replicas)).start()
-    server = sync_server.serve(service, host="0.0.0.0", port=renv.port)
+        spec.recovery.checkpoint, coord), lambda: coord.total_samples(trainers), periodic=_in_full_mode(coord)).start()
+
+    def save_round(round_id: int, cursor: int) -> None:
+        with service.state.lock:
+            center = None if service.state.center is None else service.state.center.clone()
+
+        def write() -> None:
+            if center is None:  # not seeded yet: the trainers' initial replica is the center
+                return
+            try:
+                info = checkpoint.save_dense(renv.checkpoint_dir, center, cursor * spec.data.batch_size * trainers)
+            except Exception as exc:
+                log.error("round %d: dense checkpoint failed: %s", round_id, exc)
+                return
+            coord.round_saved(round_id, renv.name, info.id, cursor)
+
+        threading.Thread(target=write, name=f"round-{round_id}", daemon=True).start()
+
+    barrier = rounds.RoundBarrier(trainers, save_round)
+    server = sync_server.serve(service, host="0.0.0.0", port=renv.port, extra={rounds.ROUND_METHOD: barrier.handler})
 
     def stop() -> None:
         saver.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dlrm_trainer import sync_algorithms as algo
@@ -58,9 +58,10 @@ class DenseCheckpointer(threading.Thread):
     """Saves the central copy at the checkpoint interval: full recovery rolls it back to this."""
 
     def __init__(self, service: SyncService, root: Path, interval: Callable[[], float],
-                 progress: Callable[[], int]) -> None:
+                 progress: Callable[[], int], periodic: Callable[[], bool] = lambda: True) -> None:
         super().__init__(name="dense-checkpoint", daemon=True)
         self.service, self.root, self.interval, self.progress = service, root, interval, progress
+        self.periodic = periodic  # False while checkpoint rounds own the saves (full recovery)
         self.stopped = threading.Event()
 
     def start(self) -> DenseCheckpointer:  # type: ignore[override]
@@ -69,6 +70,11 @@ class DenseCheckpointer(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval()):
+            try:
+                if not self.periodic():
+                    continue
+            except Exception as exc:  # Redis unreachable: keep saving on the interval
+                log.warning("checkpoint mode unreadable: %s", exc)
             with self.service.state.lock:
                 center = None if self.service.state.center is None else self.service.state.center.clone()
             if center is None:
@@ -82,7 +88,9 @@ class DenseCheckpointer(threading.Thread):
         self.stopped.set()
 
 
-def serve(service: SyncService, host: str = "0.0.0.0", port: int = 0) -> Server:
-    server = Server(SERVICE, {"Exchange": service.exchange, "Pull": service.pull}, host, port, workers=8)
+def serve(service: SyncService, host: str = "0.0.0.0", port: int = 0,
+          extra: Mapping[str, Callable[[Message], Message]] | None = None) -> Server:
+    server = Server(SERVICE, {"Exchange": service.exchange, "Pull": service.pull, **(extra or {})}, host, port,
+                    workers=8)
     server.start()
     return server

@@ -11,14 +11,17 @@ path (S-EASGD, S-MA or S-BMUF); in foreground mode the exchange happens inside t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from dlrm_trainer import rounds
 from dlrm_trainer import sync_algorithms as algo
 from dlrm_trainer.data.batch import Batch, feature_keys
 from dlrm_trainer.metrics import StreamingEval
@@ -55,6 +58,7 @@ class Counters:
     loss_ema: float | None = None
     syncs: int = 0
     sync_seconds: float = 0.0
+    round_seconds: float = 0.0  # paused at checkpoint rounds (full recovery's consistent cut)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, batch_size: int, loss: float) -> int:
@@ -65,17 +69,64 @@ class Counters:
             return self.steps
 
 
-class ShardReader:
-    """Hands out this trainer's batches to worker threads; tracks the resumable cursor."""
+class Pause:
+    """What ``ShardReader.next`` hands a worker at a checkpoint round's cursor (see ``rounds``)."""
 
-    def __init__(self, batches: Iterator[tuple[int, Batch]], start_cursor: int) -> None:
+
+PAUSE = Pause()
+
+
+class ShardReader:
+    """Hands out this trainer's batches to worker threads; tracks the resumable cursor; pauses every
+    worker at a checkpoint round's cursor (``pause_at``) until the round is saved."""
+
+    def __init__(self, batches: Iterator[tuple[int, Batch]], start_cursor: int, workers: int = 1) -> None:
         self._batches = batches
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self.dispatched = start_cursor
         self.in_flight = 0
+        self.workers = workers
+        self._pause: tuple[int, int] | None = None  # (round, cursor)
+        self._paused = 0
+        self._closed = False
 
-    def next(self) -> Batch | None:
+    def pause_at(self, round_id: int, cursor: int) -> bool:
+        """Stop handing out batches at ``cursor``; False when this trainer is already past it."""
         with self._lock:
+            if self._pause is not None or cursor <= self.dispatched:
+                return False
+            self._pause = (round_id, cursor)
+            return True
+
+    def wait_at_pause(self, all_paused: Callable[[int, int], None]) -> None:
+        """A worker at the pause, its updates applied, waits here; the last to arrive runs
+        ``all_paused(round, cursor)`` (the round's RPCs) and then releases everyone."""
+        with self._cond:
+            if self._pause is None:
+                return
+            pause = self._pause
+            self._paused += 1
+            if self._paused < self.workers:
+                self._cond.wait_for(lambda: self._pause != pause or self._closed)
+                return
+        try:
+            all_paused(*pause)
+        finally:
+            with self._cond:
+                self._pause, self._paused = None, 0
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Release paused workers (the trainer is stopping)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def next(self) -> Batch | Pause | None:
+        with self._lock:
+            if self._pause is not None and self.dispatched >= self._pause[1] and not self._closed:
+                return PAUSE
             item = next(self._batches, None)
             if item is None:
                 return None
@@ -115,6 +166,8 @@ class Trainer:
         self.stop = threading.Event()
         self.sync_version = -1
         self.errors: list[BaseException] = []
+        self._joined_round = 0
+        self._started_at = self._last_round_at = time.monotonic()
 
     # --- dense synchronisation ---------------------------------------------------------------
     def initialise_from_center(self) -> bool:
@@ -177,6 +230,11 @@ class Trainer:
         pending: list = []
         try:
             while not self.stop.is_set() and (batch := reader.next()) is not None:
+                if isinstance(batch, Pause):  # a checkpoint round: every update applied before it is saved
+                    self.embeddings.wait(pending)
+                    pending = []
+                    reader.wait_at_pause(self._join_round)
+                    continue
                 loss, pending = self.step(batch, pending)
                 steps = self.counters.add(len(batch), loss)
                 reader.done_one()
@@ -186,6 +244,7 @@ class Trainer:
         except BaseException as exc:
             self.errors.append(exc)
             self.stop.set()
+            reader.close()
             raise
 
     def _report(self, reader: ShardReader, started: float, done: bool = False) -> None:
@@ -194,6 +253,71 @@ class Trainer:
         self.coord.report_progress(Progress(
             rank=self.rank, samples=c.samples, cursor=reader.cursor, loss=c.loss_ema,
             samples_per_second=c.samples / elapsed, updated=time.time(), done=done, waiting_for=self.waiting_for()))
+
+    # --- checkpoint rounds (full recovery's consistent cut, see ``rounds``) ----------------------------
+    def _round_clients(self) -> list[Client]:
+        return [*self.embeddings.clients, *([self.sync_client] if self.sync_client is not None else [])]
+
+    def _join_round(self, round_id: int, cursor: int, abandon: bool = False) -> None:
+        """Tell every server this trainer is at the round's cursor; each call returns once all trainers are."""
+        request = rounds.round_request(round_id, self.rank, cursor, abandon)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=len(self._round_clients())) as pool:
+            calls = [pool.submit(c.call, rounds.ROUND_METHOD, request, rounds.ROUND_TIMEOUT_S + 30)
+                     for c in self._round_clients()]
+            saved = []
+            for call in calls:
+                try:
+                    saved.append(bool(call.result().meta.get("saved")))
+                except Exception as exc:  # a server failed meanwhile: its recovery restarts everyone anyway
+                    log.warning("round %d: %s", round_id, exc)
+                    saved.append(False)
+        with self.counters.lock:
+            self.counters.round_seconds += time.monotonic() - started
+        if not abandon:
+            log.info("trainer-%d: round %d at batch %d %s in %.3fs", self.rank, round_id, cursor,
+                     "saved" if all(saved) else "not saved", time.monotonic() - started)
+
+    def _follow_rounds(self, reader: ShardReader) -> None:
+        """While the effective mode is full, rounds replace the servers' own saves: trainer 0 announces
+        them, every trainer pauses at the announced cursor."""
+        try:
+            if self.coord.recovery_mode() != "full":
+                return
+            if self.rank == 0:
+                self._maybe_announce_round()
+            announced = self.coord.announced_round()
+        except Exception as exc:  # Redis unreachable: no round now
+            log.warning("checkpoint rounds: %s", exc)
+            return
+        if announced is None or int(announced["round"]) <= self._joined_round:
+            return
+        round_id, cursor = int(announced["round"]), int(announced["cursor"])
+        self._joined_round = round_id
+        if not reader.pause_at(round_id, cursor):  # heard of it too late: release the others now
+            threading.Thread(target=self._join_round, args=(round_id, cursor, True), daemon=True).start()
+
+    def _maybe_announce_round(self) -> None:
+        interval = self.spec.recovery.checkpoint.interval_seconds or self.coord.interval() or \
+            self.spec.recovery.checkpoint.initial_interval_seconds
+        now = time.monotonic()
+        if now - self._last_round_at < interval:
+            return
+        progress = self.coord.all_progress(self.trainers)
+        if len(progress) < self.trainers or any(p.done for p in progress.values()):
+            return
+        elapsed = max(1e-3, now - self._started_at)
+        batches_per_s = self.counters.steps / elapsed
+        # Far enough ahead that every trainer reads the announcement (each reads it once per progress tick).
+        lead = math.ceil(batches_per_s * self.spec.training.progress_every_seconds * 3) + \
+            self.spec.training.hogwild_threads
+        per_trainer = self.spec.data.train_samples // (self.trainers * self.spec.data.batch_size)
+        cursor = rounds.next_round_cursor([p.cursor for p in progress.values()], lead, per_trainer - lead)
+        if cursor is None:
+            return
+        last = self.coord.announced_round()
+        self.coord.announce_round((int(last["round"]) if last else 0) + 1, cursor)
+        self._last_round_at = now
 
     def waiting_for(self) -> tuple[str, ...]:
         """The servers a call of this trainer is blocked on right now (a lost shard's replacement)."""
@@ -204,9 +328,12 @@ class Trainer:
         spec = self.spec
         batches = self.source.train_batches(self.rank, self.trainers, start_cursor, spec.data.batch_size,
                                             spec.data.train_samples)
-        reader = ShardReader(batches, start_cursor)
+        reader = ShardReader(batches, start_cursor, workers=spec.training.hogwild_threads)
         self.counters.samples = resumed_samples
         started = time.monotonic()
+        self._started_at = self._last_round_at = started
+        announced = self.coord.announced_round()
+        self._joined_round = int(announced["round"]) if announced else 0  # rounds before this incarnation
         threads = [threading.Thread(target=self._worker, args=(reader,), name=f"hogwild-{i}", daemon=True)
                    for i in range(spec.training.hogwild_threads)]
         shadow = None
@@ -221,10 +348,12 @@ class Trainer:
             for t in threads:
                 t.join(timeout=spec.training.progress_every_seconds)
             self._report(reader, started)
+            self._follow_rounds(reader)
             if next_eval is not None and every and self.rank == 0 and self.counters.samples >= next_eval:
                 next_eval = (self.counters.samples // every + 1) * every
                 self._curve_point()
         self.stop.set()
+        reader.close()
         if shadow is not None:
             shadow.join()
         if self.errors:
@@ -238,6 +367,7 @@ class Trainer:
             "samples": self.counters.samples, "trained_samples": trained, "wall_seconds": wall,
             "samples_per_second": trained / max(wall, 1e-9), "syncs": self.counters.syncs,
             "sync_seconds": self.counters.sync_seconds, "steps": self.counters.steps,
+            "round_seconds": round(self.counters.round_seconds, 3),
             "sync_gap_steps": self.counters.steps / max(1, self.counters.syncs), "cursor": reader.cursor,
             "start_cursor": start_cursor,
             "loss": self.counters.loss_ema,

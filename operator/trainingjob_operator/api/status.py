@@ -43,7 +43,7 @@ class ProgressStatus(ApiModel):
     samples_per_second: float | None = None
     loss: float | None = None
     auc: float | None = None
-    waiting_for: list[str] = Field(default_factory=list)  # servers some trainer is blocked on (being replaced)
+    waiting_for: list[str] | None = None  # servers some trainer is blocked on (being replaced); None: none
 
 
 class FailureRecord(ApiModel):

@@ -57,14 +57,43 @@ class RollbackPoint:
     samples: int  # samples per trainer
 
 
-def rollback_point(shard_progress: Sequence[int | None], trainers: int, batch_size: int) -> RollbackPoint:
-    """Full recovery: every trainer restarts from the oldest shard checkpoint's progress marker (total
-    samples then), each at an equal share. Without a checkpoint of every shard: start over."""
-    if not shard_progress or any(p is None for p in shard_progress):
+@dataclass(frozen=True)
+class RestoreRound:
+    """A full recovery's consistent cut: the round every member restores, and the checkpoint each loads."""
+
+    round: int
+    cursor: int  # every trainer paused before this batch of its shard when the round was saved
+    ids: Mapping[str, str]  # member (embedding-server-0, sync-server-0) -> checkpoint id
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "cursor": self.cursor, "ids": dict(self.ids)}
+
+
+def round_members(spec: TrainingJobSpec) -> list[str]:
+    """Who saves a part of every checkpoint round: each embedding-server shard and the dense copy."""
+    return [f"{Role.EMBEDDING_SERVER.value}-{r}" for r in range(spec.replicas.embedding_server.replicas)] + \
+        [f"{Role.SYNC_SERVER.value}-0"]
+
+
+def consistent_round(saved: Mapping[int, Mapping[str, Mapping[str, Any]]],
+                     members: Sequence[str]) -> RestoreRound | None:
+    """The newest round every member saved: restoring it everywhere is a consistent cut, because every
+    trainer was paused at the same cursor with all its updates applied while the round was snapshotted.
+    None when no round is complete (a full recovery then starts over)."""
+    for round_id in sorted(saved, reverse=True):
+        parts = saved[round_id]
+        if all(m in parts for m in members):
+            cursors = {int(parts[m]["cursor"]) for m in members}
+            if len(cursors) == 1:
+                return RestoreRound(round_id, cursors.pop(), {m: str(parts[m]["id"]) for m in members})
+    return None
+
+
+def rollback_point(restore: RestoreRound | None, batch_size: int) -> RollbackPoint:
+    """Where every trainer resumes after a full recovery: the restored round's cursor (start over without one)."""
+    if restore is None:
         return RollbackPoint(0, 0)
-    total = min(p for p in shard_progress if p is not None)
-    cursor = total // (trainers * batch_size)
-    return RollbackPoint(cursor, cursor * batch_size)
+    return RollbackPoint(restore.cursor, restore.cursor * batch_size)
 
 
 def trainer_rollbacks(actions: Sequence[object], mode: RecoveryMode,

@@ -159,7 +159,7 @@ def summarize_progress(
         samples_per_second=round(sum(rates), 3) if rates else None,
         loss=round(sum(losses) / len(losses), 6) if losses else None,
         auc=round(sum(aucs) / len(aucs), 6) if aucs else None,
-        waiting_for=waiting_for(progress.values()),
+        waiting_for=waiting_for(progress.values()) or None,
     )
 
 
