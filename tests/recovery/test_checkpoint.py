@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlrm_trainer import checkpoint as ckpt
 from dlrm_trainer.checkpoint import (
     BackgroundCheckpointer,
     CheckpointInfo,
@@ -27,6 +26,7 @@ from dlrm_trainer.checkpoint import (
     snapshot,
     tuned_interval,
 )
+from dlrm_trainer.checkpoint import format as storage_format
 from dlrm_trainer.embedding_server import EmbeddingShard, ShardTables
 from tests.recovery.conftest import TABLE_ROWS, make_shard
 from trainingjob_operator.api.spec import CheckpointSpec
@@ -249,14 +249,14 @@ def test_crash_between_files_and_manifest_keeps_the_previous_checkpoint(
     save(writer, shard, "full", 1)
     expected = state(shard.tables)
     touch(shard, {0: [0, 1]})
-    real_write = ckpt._write_atomically
+    real_write = storage_format._write_atomically
 
     def crash_on_manifest(path: Path, data: bytes) -> None:
         if path.name == "MANIFEST.json":
             raise Crash
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_atomically", crash_on_manifest)
+    monkeypatch.setattr(storage_format, "_write_atomically", crash_on_manifest)
     with pytest.raises(Crash):
         save(writer, shard, "full", 2)
     monkeypatch.undo()

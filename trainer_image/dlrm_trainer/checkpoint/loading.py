@@ -1,0 +1,170 @@
+"""Restoring a shard: the newest intact chain (or exactly one checkpoint), verified before anything is copied."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from safetensors import safe_open
+
+from dlrm_trainer.checkpoint.format import (
+    CheckpointCoordination,
+    Manifest,
+    ShardState,
+    _entries,
+    _read_manifest,
+    _verify,
+)
+
+log = logging.getLogger("dlrm_trainer.checkpoint")
+
+
+# -- loading --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_latest` restored, what it passed over and why, and how long it took."""
+
+    shard: int
+    loaded: tuple[str, ...]
+    skipped: tuple[Skipped, ...]
+    incomplete: tuple[str, ...]
+    progress: int | None
+    rows_restored: int
+    duration_s: float
+
+    @property
+    def found(self) -> bool:
+        return bool(self.loaded)
+
+    def describe(self) -> str:
+        """One line for the server's log, e.g. ``checkpoint 00000007-full corrupt (sha256 mismatch in
+        table-3.safetensors); fell back to 00000003-full``."""
+        problems = "; ".join(f"checkpoint {s.id} {s.reason}" for s in self.skipped)
+        if not self.loaded:
+            if not problems:
+                return f"shard {self.shard}: no checkpoint, starting from initial weights"
+            return f"shard {self.shard}: no intact checkpoint, starting from initial weights: {problems}"
+        partials = f" + {len(self.loaded) - 1} partial(s) up to {self.loaded[-1]}" if len(self.loaded) > 1 else ""
+        head = (f"shard {self.shard}: restored {self.loaded[0]}{partials} ({self.rows_restored} rows, progress "
+                f"{self.progress}) in {self.duration_s:.3f}s")
+        fell_back = any(s.id.endswith("-full") and s.id > self.loaded[0] for s in self.skipped)
+        tail = f"; fell back to {self.loaded[0]}" if fell_back else ""
+        return f"{head}; {problems}{tail}" if problems else head
+
+
+def _shape_problem(manifest: Manifest, tables: ShardState) -> str | None:
+    have = [int(w.shape[0]) for w in tables.weights]
+    dim = int(tables.weights[0].shape[1]) if tables.weights else 0
+    if manifest.table_rows != have or manifest.dim != dim:
+        return f"incompatible (tables {manifest.table_rows} x {manifest.dim}, shard has {have} x {dim})"
+    if sorted(f.table for f in manifest.files if f.table is not None) != list(range(len(have))):
+        return "corrupt (manifest does not list one file per table)"
+    return None
+
+
+def _apply(path: Path, manifest: Manifest, tables: ShardState) -> int:
+    """Copy a verified checkpoint into the tables; returns rows written."""
+    for record in manifest.files:
+        t = record.table
+        assert t is not None
+        with safe_open(str(path / record.name), framework="pt") as f:
+            weights, adagrad = f.get_tensor("weights"), f.get_tensor("adagrad")
+            if manifest.kind == "full":
+                tables.weights[t].copy_(weights)
+                tables.adagrad[t].copy_(adagrad)
+            else:
+                rows = f.get_tensor("rows")
+                tables.weights[t].index_copy_(0, rows, weights)
+                tables.adagrad[t].index_copy_(0, rows, adagrad)
+    return manifest.rows_saved
+
+
+def _check(path: Path, tables: ShardState) -> tuple[Manifest | None, str | None]:
+    try:
+        manifest = _read_manifest(path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return None, f"unreadable manifest ({type(e).__name__}: {e})"
+    problem = _shape_problem(manifest, tables) or _verify(path, manifest)
+    return manifest, problem
+
+
+def load_latest(
+    root: Path | str, shard: int, tables: ShardState, coord: CheckpointCoordination | None = None,
+    only: str | None = None,
+) -> LoadReport:
+    """Restore ``tables`` in place from the shard's newest intact checkpoint chain (see module docstring).
+
+    Walks full saves newest first, skipping (and reporting) corrupt, missing or incompatible ones; then
+    applies that full's partials in seq order while each is intact and its parent was the one just
+    applied. Every file is verified before anything is copied, so with no intact full the tables are
+    untouched. Access counters of a restored shard are zeroed (everything equals its saved value).
+    Call before serving: it takes no lock. Records ``o_load`` when ``coord`` is given and something loaded.
+    ``only``: restore exactly that full checkpoint (a full recovery's round, see ``rounds``), no partials.
+    """
+    start = time.perf_counter()
+    entries = _entries(Path(root) / f"shard-{shard}")
+    skipped: list[Skipped] = []
+    chosen: tuple[int, Manifest, Path] | None = None
+    for seq, kind, path, complete in reversed(entries):
+        if only is not None and path.name != only:
+            continue
+        if complete and kind == "full":
+            manifest, problem = _check(path, tables)
+            if problem is None and manifest is not None:
+                chosen = (seq, manifest, path)
+                break
+            skipped.append(Skipped(path.name, problem or "unusable"))
+    loaded: list[str] = []
+    rows = 0
+    progress: int | None = None
+    if chosen is not None:
+        seq0, manifest0, path0 = chosen
+        rows = _apply(path0, manifest0, tables)
+        loaded.append(manifest0.id)
+        progress = manifest0.progress
+        if only is None:
+            rows, progress = _apply_partials(entries, seq0, tables, loaded, skipped, rows, progress)
+        for access in tables.access:
+            access.zero_()
+    duration = time.perf_counter() - start
+    if coord is not None and loaded:
+        try:
+            coord.record_cost("o_load", duration)
+        except Exception as e:
+            log.warning("shard %d: o_load not recorded: %s", shard, e)
+    incomplete = tuple(p.name for _, _, p, complete in entries if not complete)
+    return LoadReport(shard, tuple(loaded), tuple(sorted(skipped, key=lambda s: s.id, reverse=True)), incomplete,
+                      progress, rows, duration)
+
+
+def _apply_partials(entries: list[tuple[int, str, Path, bool]], base_seq: int, tables: ShardState, loaded: list[str],
+                    skipped: list[Skipped], rows: int, progress: int | None) -> tuple[int, int | None]:
+    last, broken = base_seq, None
+    for seq, kind, path, complete in entries:
+        if seq <= base_seq or not complete or kind == "full":
+            broken = broken or (path.name if seq > base_seq and complete else None)
+            continue
+        if broken is not None:
+            skipped.append(Skipped(path.name, f"not applied (follows unusable {broken})"))
+            continue
+        manifest, problem = _check(path, tables)
+        if problem is None and manifest is not None and manifest.parent != last:
+            problem = f"not applied (its parent {manifest.parent} was not restored)"
+        if problem is not None or manifest is None:
+            skipped.append(Skipped(path.name, problem or "unusable"))
+            broken = path.name
+            continue
+        rows += _apply(path, manifest, tables)
+        loaded.append(manifest.id)
+        last, progress = seq, manifest.progress
+    return rows, progress
