@@ -34,6 +34,7 @@ from trainingjob_operator.coordination import Coordination, Progress
 log = logging.getLogger("dlrm_trainer.trainer")
 ADAGRAD_EPS = 1e-10
 EVAL_BATCH = 8192
+ROUND_POLL_S = 0.1  # how often a trainer looks for an announced checkpoint round (full recovery)
 
 
 def choose_device(preference: str) -> torch.device:
@@ -278,6 +279,10 @@ class Trainer:
             log.info("trainer-%d: round %d at batch %d %s in %.3fs", self.rank, round_id, cursor,
                      "saved" if all(saved) else "not saved", time.monotonic() - started)
 
+    def _rounds_loop(self, reader: ShardReader) -> None:
+        while not self.stop.wait(ROUND_POLL_S):
+            self._follow_rounds(reader)
+
     def _follow_rounds(self, reader: ShardReader) -> None:
         """While the effective mode is full, rounds replace the servers' own saves: trainer 0 announces
         them, every trainer pauses at the announced cursor."""
@@ -308,8 +313,9 @@ class Trainer:
             return
         elapsed = max(1e-3, now - self._started_at)
         batches_per_s = self.counters.steps / elapsed
-        # Far enough ahead that every trainer reads the announcement (each reads it once per progress tick).
-        lead = math.ceil(batches_per_s * self.spec.training.progress_every_seconds * 3) + \
+        # Far enough ahead that every trainer reads the announcement (each polls it every ROUND_POLL_S) and
+        # that the cursors it was computed from (reported every progress tick) have not moved past it.
+        lead = math.ceil(batches_per_s * (ROUND_POLL_S * 3 + self.spec.training.progress_every_seconds)) + \
             self.spec.training.hogwild_threads
         per_trainer = self.spec.data.train_samples // (self.trainers * self.spec.data.batch_size)
         cursor = rounds.next_round_cursor([p.cursor for p in progress.values()], lead, per_trainer - lead)
@@ -342,13 +348,14 @@ class Trainer:
             shadow.start()
         for t in threads:
             t.start()
+        rounds_thread = threading.Thread(target=self._rounds_loop, args=(reader,), name="rounds", daemon=True)
+        rounds_thread.start()
         every = spec.training.eval_every_samples
         next_eval = (self.counters.samples // every + 1) * every if every else None
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(timeout=spec.training.progress_every_seconds)
             self._report(reader, started)
-            self._follow_rounds(reader)
             if next_eval is not None and every and self.rank == 0 and self.counters.samples >= next_eval:
                 next_eval = (self.counters.samples // every + 1) * every
                 self._curve_point()
