@@ -1,5 +1,7 @@
 """Real gRPC servers on loopback: tensors round-trip, and clients find a replaced server."""
 
+import time
+
 import torch
 
 from dlrm_trainer.embedding_server import EmbeddingShard, ShardTables, serve
@@ -62,6 +64,37 @@ def test_a_peer_with_no_endpoint_yet_fails_the_async_call_and_the_retry_waits_fo
     finally:
         registered.cancel()
         server.stop(grace=0)
+        client.close()
+
+
+def test_a_call_hanging_on_a_dead_peer_moves_to_its_replacement_once_it_registers() -> None:
+    # A peer whose node died sends no RST: the call would hang for the whole attempt (30 s). Once the
+    # replacement has registered a new endpoint, the call gives up on the old peer and goes there.
+    import threading
+
+    from dlrm_trainer.rpc import Server
+
+    hung = threading.Event()
+    dead = Server("tj.EmbeddingServer", {"Lookup": lambda m: (hung.wait(30), m)[1]}, host="127.0.0.1")
+    dead.start()
+    shard = EmbeddingShard(ShardTables.initialise([8], 2, 1, 0, seed=0), 1, 0, 0.1)
+    replacement = serve(shard, host="127.0.0.1")
+    endpoint = {"value": f"127.0.0.1:{dead.port}"}
+    client = Client("tj.EmbeddingServer", lambda: endpoint["value"], deadline_s=60)
+    registered = threading.Timer(1.0, lambda: endpoint.update(value=f"127.0.0.1:{replacement.port}"))
+    registered.start()
+    started = time.monotonic()
+    try:
+        rows = client.call("Lookup", Message({"ids": torch.tensor([3]), "counts": torch.tensor([1])})).tensors["rows"]
+        took = time.monotonic() - started
+        assert torch.equal(rows, shard.tables.weights[0][[3]])
+        assert took < 3.0, f"waited {took:.1f}s on a replaced peer"
+        assert client.stalled_s >= 0.9  # the hang counts as a stall
+    finally:
+        hung.set()
+        registered.cancel()
+        dead.stop(grace=0)
+        replacement.stop(grace=0)
         client.close()
 
 

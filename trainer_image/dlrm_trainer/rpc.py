@@ -33,6 +33,7 @@ CHANNEL_OPTIONS = [
 ]
 _META = "__meta__"
 ATTEMPT_S = 30.0  # one attempt of a call; a call retries attempts until its deadline
+REPLACED_POLL_S = 0.5  # while a call is slow, how often it checks whether its peer was replaced
 
 
 @dataclass
@@ -115,6 +116,10 @@ def stalled_seconds(clients: list[Client]) -> float:
     return total
 
 
+class PeerReplaced(Exception):
+    """The peer a call waits on has been replaced (a new endpoint is registered): retry there."""
+
+
 class Client:
     """Calls one server. ``resolve`` re-reads the endpoint (from Redis) after the peer was replaced."""
 
@@ -160,12 +165,23 @@ class Client:
         first_failure: float | None = None
         try:
             while True:
+                attempt_started = time.monotonic()
                 try:
                     remaining = max(0.1, deadline - time.monotonic())
-                    response: Message = self._callable(method)(request, timeout=min(remaining, ATTEMPT_S))
+                    response = self._attempt(method, request, min(remaining, ATTEMPT_S))
                     if first_failure is not None:
                         self.stalls.append((first_failure, time.monotonic()))
                     return response
+                except PeerReplaced as exc:  # the call hung on a dead peer: count the hang as a stall
+                    if first_failure is None:
+                        first_failure = attempt_started
+                        with self._waiting_lock:
+                            self._waiting += 1
+                    self._stale = True
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"{self.service}.{method}: {self.peer} unavailable for {wait_s:.0f}s") from exc
+                    continue  # at once, to the replacement
                 except (grpc.RpcError, ConnectionError) as exc:
                     code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
                     if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -185,6 +201,24 @@ class Client:
             if first_failure is not None:
                 with self._waiting_lock:
                     self._waiting -= 1
+
+    def _attempt(self, method: str, request: Message, timeout: float) -> Message:
+        """One attempt. A dead peer (its node gone, no RST) leaves the call hanging until the attempt's
+        timeout; once the peer's replacement registered a new endpoint, waiting longer is pointless, so a
+        slow call checks every REPLACED_POLL_S and gives up on the old peer (``PeerReplaced``)."""
+        future = self._callable(method).future(request, timeout=timeout)
+        while True:
+            try:
+                response: Message = future.result(timeout=REPLACED_POLL_S)
+                return response
+            except grpc.FutureTimeoutError:
+                try:
+                    endpoint = self._resolve()
+                except Exception:  # Redis unreachable: no news of a replacement, keep waiting
+                    endpoint = None
+                if endpoint and endpoint != self._endpoint:
+                    future.cancel()
+                    raise PeerReplaced(f"{self.peer} moved to {endpoint}") from None
 
     @property
     def waiting(self) -> bool:
