@@ -244,11 +244,7 @@ class BackgroundCheckpointer:
                 self._failed(e)
                 return None
             self._partials_since_full = 0
-            with self._stats_lock:
-                self._stats.saves += 1
-                self._stats.last = info
-                self._stats.stall_s = [*self._stats.stall_s[-(_STALLS_KEPT - 1):], snap.stall_s]
-                self._stats.bytes_written += info.bytes
+            self._count(info, snap)
             return info
 
     def save_once(self) -> CheckpointInfo | None:
@@ -265,12 +261,15 @@ class BackgroundCheckpointer:
                 self._failed(e)
                 return None
             self._partials_since_full = 0 if kind == "full" else (self._partials_since_full or 0) + 1
-            with self._stats_lock:
-                self._stats.saves += 1
-                self._stats.last = info
-                self._stats.stall_s = [*self._stats.stall_s[-(_STALLS_KEPT - 1):], snap.stall_s]
-                self._stats.bytes_written += info.bytes
+            self._count(info, snap)
             return info
+
+    def _count(self, info: CheckpointInfo, snap: SnapshotData) -> None:
+        with self._stats_lock:
+            self._stats.saves += 1
+            self._stats.last = info
+            self._stats.stall_s = [*self._stats.stall_s[-(_STALLS_KEPT - 1):], snap.stall_s]
+            self._stats.bytes_written += info.bytes
 
     def _progress_marker(self) -> int | None:
         try:
