@@ -57,6 +57,7 @@ import shlex
 import shutil
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -434,6 +435,20 @@ def _reap_stale_kubelets() -> None:
 # --- the kubelet --------------------------------------------------------------------------------
 
 
+def _require_readable_by_pods(folders: Sequence[str]) -> None:
+    """The folders bound into every pod (the project, the interpreter) are the pods' image: the image's
+    user (not root) must be able to reach them, as it can in a real image. A checkout in a private
+    folder (``mktemp -d`` makes it 0700) cannot be read from a pod; say so instead of letting every pod
+    fail to import."""
+    for folder in folders:
+        path = Path(folder)
+        for directory in [path, *path.parents]:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                raise RuntimeError(
+                    f"{directory} (mode {stat.S_IMODE(os.stat(directory).st_mode):o}) is not reachable by the pods' "
+                    f"user, and the pods read {folder} as their image: chmod o+rx {directory}")
+
+
 class FaithfulKubelet:
     """Runs the pods of one namespace of an :class:`ApiServerEmulator` as real processes.
 
@@ -565,6 +580,7 @@ class FaithfulKubelet:
             if not in_image and folder not in self._binds:
                 self._binds.append(folder)
         self._binds = [b for b in self._binds if not any(b != o and b.startswith(o + "/") for o in self._binds)]
+        _require_readable_by_pods(self._binds)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         atexit.register(self._cleanup_sync)
         with open(STATE_DIR / "lock", "w") as lock:
