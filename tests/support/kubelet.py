@@ -435,15 +435,20 @@ def _reap_stale_kubelets() -> None:
 # --- the kubelet --------------------------------------------------------------------------------
 
 
-def _require_readable_by_pods(folders: Sequence[str]) -> None:
+def _require_readable_by_pods(folders: Sequence[str], image_dirs: Sequence[str]) -> None:
     """The folders bound into every pod (the project, the interpreter) are the pods' image: the image's
-    user (not root) must be able to reach them, as it can in a real image. A checkout in a private
-    folder (``mktemp -d`` makes it 0700) cannot be read from a pod; say so instead of letting every pod
-    fail to import."""
+    user (not root) must be able to reach them, as it can in a real image. A pod sees each bound folder
+    and what lies below it with the host's modes, and the folders above it as the image dirs' real
+    folders where they lie inside one, else as directories of its own root (0755; the machine's Python
+    under root's 0700 home is reachable that way, with nothing changed on the host). A checkout in a
+    private folder (``mktemp -d`` makes it 0700) cannot be read from a pod: say so instead of letting
+    every pod fail to import."""
     for folder in folders:
         path = Path(folder)
         for directory in [path, *path.parents]:
-            if not os.stat(directory).st_mode & stat.S_IXOTH:
+            seen_as_host = directory == path or any(
+                str(directory) == d or str(directory).startswith(d + "/") for d in image_dirs)
+            if seen_as_host and not os.stat(directory).st_mode & stat.S_IXOTH:
                 raise RuntimeError(
                     f"{directory} (mode {stat.S_IMODE(os.stat(directory).st_mode):o}) is not reachable by the pods' "
                     f"user, and the pods read {folder} as their image: chmod o+rx {directory}")
@@ -580,7 +585,7 @@ class FaithfulKubelet:
             if not in_image and folder not in self._binds:
                 self._binds.append(folder)
         self._binds = [b for b in self._binds if not any(b != o and b.startswith(o + "/") for o in self._binds)]
-        _require_readable_by_pods(self._binds)
+        _require_readable_by_pods(self._binds, self.image_dirs)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         atexit.register(self._cleanup_sync)
         with open(STATE_DIR / "lock", "w") as lock:
@@ -1273,7 +1278,8 @@ class FaithfulKubelet:
         """Shell lines that build the container's root under $R (in its private mount namespace)."""
         csc = c.spec.get("securityContext") or {}
         read_only_root = bool(csc.get("readOnlyRootFilesystem"))
-        lines = ['mount -t tmpfs -o mode=0755 fk-rootfs "$R"']
+        # umask 022: the folders made here above each bind are the image's own, readable by its user
+        lines = ['umask 022', 'mount -t tmpfs -o mode=0755 fk-rootfs "$R"']
         for d in self.image_dirs:
             lines += [f'mkdir -p "$R"{_q(d)}', f'mount --rbind {_q(d)} "$R"{_q(d)}']
         for entry in sorted(os.listdir("/")):
