@@ -11,6 +11,7 @@ Probe periods and grace periods are scaled by ``TIME_SCALE`` so a test takes a m
 
 from __future__ import annotations
 
+import base64
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from tests.operator.conftest import Cluster, eventually, manifest
 from tests.support.cluster import FaithfulCluster, faithful_cluster
+from tests.support.object_store import s3_server
 
 pytestmark = pytest.mark.processes
 
@@ -77,3 +79,37 @@ async def test_a_sigkilled_pod_is_replaced_alone_restores_its_checkpoint_and_the
         assert "no checkpoint" not in restored["description"]
         assert restored["restored_progress"] > 0  # its shard as trained, not initial weights
         assert restored["lost_samples"] < failure["samples"]
+
+
+async def test_checkpoints_in_an_object_store_bring_a_replaced_shard_back(faithful: FaithfulCluster,
+                                                                          tmp_path: Path) -> None:
+    """``recovery.checkpoint.objectStore``: no volume at all; the pods reach an S3 server on the node's network
+    with the credentials of a Secret (secretKeyRef), and a replacement restores its shard from the bucket."""
+    cluster, kubelet = faithful.cluster, faithful.kubelet
+    with s3_server(tmp_path / "s3", host=kubelet.bridge_ip, buckets=("ckpt",)) as s3:
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "ml"},
+                  "data": {k: base64.b64encode(v.encode()).decode() for k, v in s3.env().items()
+                           if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
+        async with cluster.api.post("/api/v1/namespaces/ml/secrets", json=secret) as response:
+            assert response.status < 300, await response.text()
+        store = {"objectStore": {"url": "s3://ckpt/jobs", "endpoint": s3.endpoint, "region": "us-east-1",
+                                 "credentialsSecret": "s3-creds"}, "intervalSeconds": 2}
+        await cluster.create_job(manifest("real", **{**SMALL, "recovery": {"checkpoint": store}}))
+        coord = cluster.coordination("real")
+        await eventually(lambda: (p := coord.checkpoint_pointer(0)) is not None and p.get("progress", 0) > 0,
+                         timeout=180, what="a checkpoint of shard 0 taken while training")
+        assert coord.checkpoint_pointer(0)["path"].startswith("s3://ckpt/jobs/ml/real/shard-0/")
+        assert not cluster.api.live("persistentvolumeclaims", "ml")  # nothing to attach
+        assert any(k.endswith("/MANIFEST.json") for k in s3.keys("ckpt", "jobs/ml/real/shard-0/"))
+
+        kubelet.process("real-embedding-server-0").send_signal(signal.SIGKILL)
+
+        await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=240, what="job Succeeded")
+        assert sorted(kubelet.started) == sorted([*EVERYONE, "real-embedding-server-0"])
+        assert kubelet.probe_kills == []
+        [failure] = coord.failures()
+        [restored] = [r for instance, r in coord.recoveries("embedding-server-0").items()
+                      if instance != failure["instance"]]
+        assert restored["loaded"] and restored["restored_progress"] > 0, restored["description"]
+        condition = cluster.condition("real", "CheckpointsDurable")
+        assert condition is not None and (condition["status"], condition["reason"]) == ("True", "ObjectStore")

@@ -140,6 +140,49 @@ def test_one_owned_claim_per_server_rank_by_default() -> None:
         assert render_checkpoint_claims(make_job(recovery={"checkpoint": {"volume": other}}), owner=OWNER) == []
 
 
+@pytest.mark.parametrize("checkpoint", [
+    pytest.param({"objectStore": {"url": "s3://ckpt/team-a/", "endpoint": "http://minio.minio:9000",
+                                  "region": "eu-west-1", "credentialsSecret": "s3-creds"}}, id="object-store"),
+    pytest.param({"storage": "s3://ckpt/team-a"}, id="s3-shorthand"),
+])
+def test_object_store_checkpoints_need_no_volume_and_keep_credentials_in_the_secret(checkpoint: dict[str, Any]) -> None:
+    job = make_job(recovery={"checkpoint": checkpoint})
+    for server in (ReplicaId(Role.EMBEDDING_SERVER, 1), ReplicaId(Role.SYNC_SERVER, 0)):
+        pod = render_pod(job, server, owner=OWNER, redis_url=REDIS, generation=0)
+        assert "volumes" not in pod["spec"] and "volumeMounts" not in pod["spec"]["containers"][0]
+        env = env_of(pod)
+        assert env["TJ_CHECKPOINT_DIR"] == "s3://ckpt/team-a/ml/job"  # <url>/<namespace>/<job>: jobs never mix
+        if "objectStore" in checkpoint:
+            assert (env["AWS_ENDPOINT_URL"], env["AWS_DEFAULT_REGION"]) == ("http://minio.minio:9000", "eu-west-1")
+            assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
+            assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds",
+                                                                     "key": "AWS_SECRET_ACCESS_KEY"}}
+        else:  # no endpoint, region or Secret: AWS S3 with the pod's own identity (IRSA, workload identity)
+            assert not any(name.startswith("AWS_") for name in env)
+    assert render_checkpoint_claims(job, owner=OWNER) == []
+    assert checkpoint_durability(job) == (True, "ObjectStore", "checkpoints in s3://ckpt/team-a/ml/job")
+
+
+def test_role_env_cannot_redirect_object_store_credentials() -> None:
+    job = make_job(recovery={"checkpoint": {"objectStore": {"url": "s3://ckpt", "credentialsSecret": "s3-creds"}}},
+                   replicas={"embeddingServer": {"env": {"AWS_ACCESS_KEY_ID": "mine", "OTHER": "1"}}})
+    env = env_of(render_pod(job, ReplicaId(Role.EMBEDDING_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0))
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["OTHER"] == "1"
+
+
+@pytest.mark.parametrize(("checkpoint", "error"), [
+    pytest.param({"storage": "s3://Bad_Bucket"}, "storage must be s3://<bucket>", id="bad-bucket"),
+    pytest.param({"objectStore": {"url": "gs://x/y"}}, "must be s3://<bucket>", id="not-s3"),
+    pytest.param({"objectStore": {"url": "s3://ckpt"}, "volume": {"kind": "emptyDir"}},
+                 "objectStore and volume both say where checkpoints live", id="two-places"),
+    pytest.param({"objectStore": {"url": "s3://ckpt", "endpoint": "minio:9000"}}, "endpoint", id="endpoint-scheme"),
+])
+def test_object_store_mistakes_are_named(checkpoint: dict[str, Any], error: str) -> None:
+    with pytest.raises(ManifestError, match=error):
+        make_job(recovery={"checkpoint": checkpoint})
+
+
 @pytest.mark.parametrize(("volume", "durable", "reason"), [
     pytest.param({}, True, "ClaimPerReplica", id="default"),
     pytest.param({"kind": "sharedClaim", "claimName": "rwx"}, True, "SharedClaim", id="shared"),

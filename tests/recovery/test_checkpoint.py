@@ -26,7 +26,7 @@ from dlrm_trainer.checkpoint import (
     snapshot,
     tuned_interval,
 )
-from dlrm_trainer.checkpoint import format as storage_format
+from dlrm_trainer.checkpoint import store as checkpoint_store
 from dlrm_trainer.embedding_server import EmbeddingShard, ShardTables
 from tests.recovery.conftest import TABLE_ROWS, make_shard
 from trainingjob_operator.api.spec import CheckpointSpec
@@ -249,14 +249,14 @@ def test_crash_between_files_and_manifest_keeps_the_previous_checkpoint(
     save(writer, shard, "full", 1)
     expected = state(shard.tables)
     touch(shard, {0: [0, 1]})
-    real_write = storage_format._write_atomically
+    real_write = checkpoint_store._write_atomically
 
     def crash_on_manifest(path: Path, data: bytes) -> None:
         if path.name == "MANIFEST.json":
             raise Crash
         real_write(path, data)
 
-    monkeypatch.setattr(storage_format, "_write_atomically", crash_on_manifest)
+    monkeypatch.setattr(checkpoint_store, "_write_atomically", crash_on_manifest)
     with pytest.raises(Crash):
         save(writer, shard, "full", 2)
     monkeypatch.undo()
@@ -491,7 +491,7 @@ class FailingOnceWriter:
     def save(self, snap: SnapshotData, kind: str, progress_marker: int | None) -> CheckpointInfo:
         if self.fail_next:
             self.fail_next = False
-            raise StorageError(self.inner.directory, OSError(28, "No space left on device"))
+            raise StorageError(self.inner.store.location(self.inner.folder), OSError(28, "No space left on device"))
         return self.inner.save(snap, kind, progress_marker)
 
 

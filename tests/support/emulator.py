@@ -53,6 +53,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/pods": {"kind": "Pod", "singular": "pod", "namespaced": True, "verbs": VERBS, "subresources": ["status"]},
     "v1/persistentvolumeclaims": {"kind": "PersistentVolumeClaim", "singular": "persistentvolumeclaim",
                                   "namespaced": True, "verbs": VERBS},
+    "v1/secrets": {"kind": "Secret", "singular": "secret", "namespaced": True, "verbs": VERBS},
     "v1/services": {"kind": "Service", "singular": "service", "namespaced": True, "verbs": VERBS},
     "v1/configmaps": {"kind": "ConfigMap", "singular": "configmap", "namespaced": True, "verbs": VERBS},
     "v1/events": {"kind": "Event", "singular": "event", "namespaced": True, "verbs": VERBS},

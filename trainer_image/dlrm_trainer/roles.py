@@ -46,7 +46,8 @@ def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, heartbeat: Heart
     return 0
 
 
-def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_server.ShardTables) -> None:
+def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_server.ShardTables,
+                  store: checkpoint.CheckpointStore) -> None:
     """Load this shard's latest intact checkpoint (CPR: only the failed shard reloads) and count the
     samples whose updates to this shard were lost since that checkpoint (PLS)."""
     spec = renv.spec
@@ -55,10 +56,10 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
         # A full recovery restores its consistent cut, this shard's part of one round (nothing newer);
         # with no complete round every replica starts over from initial weights.
         only = restored_part(coord, renv.name)
-        report = (checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord, only=only) if only
+        report = (checkpoint.load_latest(store, renv.rank, tables, coord, only=only) if only
                   else checkpoint.LoadReport(renv.rank, (), (), (), None, 0, 0.0))
     else:
-        report = checkpoint.load_latest(renv.checkpoint_dir, renv.rank, tables, coord)
+        report = checkpoint.load_latest(store, renv.rank, tables, coord)
     trained = coord.total_samples(spec.replicas.trainer.replicas)
     lost = 0
     if trained > 0 and not full_recovery:
@@ -93,7 +94,8 @@ def run_embedding_server(renv: ReplicaEnv) -> int:
     num_shards = spec.replicas.embedding_server.replicas
     tables = embedding_server.ShardTables.initialise(
         spec.model.rows(), spec.model.embedding_dim, num_shards, renv.rank, spec.data.seed)
-    restore_shard(renv, coord, tables)
+    store = checkpoint.open_store(renv.checkpoint_location)
+    restore_shard(renv, coord, tables, store)
     shard = embedding_server.EmbeddingShard(tables, num_shards, renv.rank, spec.training.embedding_learning_rate)
     trainers = spec.replicas.trainer.replicas
 
@@ -101,7 +103,7 @@ def run_embedding_server(renv: ReplicaEnv) -> int:
         log.error("%s: checkpoint failed, training continues: %s", renv.name, error)
         coord.set_checkpoint_error(renv.rank, str(error))
 
-    writer = checkpoint.CheckpointWriter(renv.checkpoint_dir, renv.rank, _LoggingCoordination(coord, renv.rank))
+    writer = checkpoint.CheckpointWriter(store, renv.rank, _LoggingCoordination(coord, renv.rank))
     saver = checkpoint.BackgroundCheckpointer(
         shard, writer, spec.recovery.checkpoint, checkpoint.tuned_interval(spec.recovery.checkpoint, coord),
         progress=lambda: coord.total_samples(trainers), on_error=on_error, seed=spec.data.seed + renv.rank,
@@ -157,14 +159,15 @@ def run_sync_server(renv: ReplicaEnv) -> int:
     service = sync_server.SyncService(spec.replicas.trainer.replicas, spec.training.sync.block_momentum,
                                       spec.training.sync.block_learning_rate)
     trainers = spec.replicas.trainer.replicas
+    store = checkpoint.open_store(renv.checkpoint_location)
     if coord.recovery_mode() == "full" and renv.generation > 0:
         # Full recovery rolls the dense copy back to its round too; partial recovery re-seeds from a trainer.
         only = restored_part(coord, renv.name)
-        dense = checkpoint.load_dense(renv.checkpoint_dir, only=only) if only else None
+        dense = checkpoint.load_dense(store, only=only) if only else None
         if dense is not None and dense.flat is not None:
             service.state.center = dense.flat
         log.info("sync-server: dense checkpoint %s", (dense.id if dense else None) or "none (initial)")
-    saver = sync_server.DenseCheckpointer(service, renv.checkpoint_dir, checkpoint.tuned_interval(
+    saver = sync_server.DenseCheckpointer(service, store, checkpoint.tuned_interval(
         spec.recovery.checkpoint, coord), lambda: coord.total_samples(trainers), periodic=_in_full_mode(coord)).start()
 
     def save_round(round_id: int, cursor: int) -> None:
@@ -175,7 +178,7 @@ def run_sync_server(renv: ReplicaEnv) -> int:
             if center is None:  # not seeded yet: the trainers' initial replica is the center
                 return
             try:
-                info = checkpoint.save_dense(renv.checkpoint_dir, center, cursor * spec.data.batch_size * trainers)
+                info = checkpoint.save_dense(store, center, cursor * spec.data.batch_size * trainers)
             except Exception as exc:
                 log.error("round %d: dense checkpoint failed: %s", round_id, exc)
                 return

@@ -39,7 +39,7 @@ class ReplicaEnv:
     host: str
     instance: str
     generation: int
-    checkpoint_dir: Path
+    checkpoint_location: str  # a directory (a mounted volume) or an s3:// URL
     port: int = 0
 
     @property
@@ -93,7 +93,7 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
         host=env.get("POD_IP") or "127.0.0.1",
         instance=env.get("TJ_INSTANCE") or str(os.getpid()),
         generation=int(env.get("TJ_GENERATION", "0") or 0),
-        checkpoint_dir=Path(
+        checkpoint_location=(
             env.get("TJ_CHECKPOINT_DIR") or spec.recovery.checkpoint.storage or f"runs/{job}/checkpoints"),
         port=port,
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dlrm_trainer import sync_algorithms as algo
-from dlrm_trainer.checkpoint import save_dense
+from dlrm_trainer.checkpoint import CheckpointStore, save_dense
 from dlrm_trainer.rpc import Message, Server
 
 log = logging.getLogger("dlrm_trainer.sync_server")
@@ -57,7 +57,7 @@ class SyncService:
 class DenseCheckpointer(threading.Thread):
     """Saves the central copy at the checkpoint interval: full recovery rolls it back to this."""
 
-    def __init__(self, service: SyncService, root: Path, interval: Callable[[], float],
+    def __init__(self, service: SyncService, root: Path | str | CheckpointStore, interval: Callable[[], float],
                  progress: Callable[[], int], periodic: Callable[[], bool] = lambda: True) -> None:
         super().__init__(name="dense-checkpoint", daemon=True)
         self.service, self.root, self.interval, self.progress = service, root, interval, progress

@@ -295,6 +295,32 @@ class CheckpointVolumeSpec(ApiModel):
         return self
 
 
+_S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+
+
+class ObjectStoreSpec(ApiModel):
+    """Checkpoints in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, ...), reachable from every
+    server pod: a replacement restores its shard from there wherever it is scheduled, with no volume to
+    attach. Each job keeps its checkpoints under ``<url>/<namespace>/<job>/``."""
+
+    url: str = Field(description="s3://<bucket>[/<prefix>]")
+    endpoint: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="An S3-compatible store's endpoint (e.g. http://minio.minio:9000); unset: AWS S3.")
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9-]+$", description="The bucket's region.")
+    credentials_secret: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="A Secret in the job's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; unset: "
+        "the pod's own identity (IRSA, workload identity). Local runs use the caller's environment.")
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, url: str) -> str:
+        if not _S3_URL.match(url):
+            raise ValueError(f"must be s3://<bucket>[/<prefix>] with a valid bucket name, got {url!r}")
+        return url.rstrip("/")
+
+
 class CheckpointSpec(ApiModel):
     strategy: CheckpointStrategy = Field(default=CheckpointStrategy.FULL, description="full, mfu or ssu.")
     interval_seconds: float | None = Field(
@@ -308,17 +334,31 @@ class CheckpointSpec(ApiModel):
     full_every: int = Field(default=4, ge=1, description="MFU/SSU: every this many saves is a full save.")
     storage: str | None = Field(
         default=None, description="Local runs: checkpoint directory, default runs/<job>/checkpoints. "
-        "'pvc:<claim>' is the short form of volume {kind: sharedClaim, claimName: <claim>}.")
+        "'pvc:<claim>' is the short form of volume {kind: sharedClaim, claimName: <claim>}; 's3://<bucket>/<prefix>' "
+        "of objectStore {url: ...}.")
     volume: CheckpointVolumeSpec = Field(default_factory=CheckpointVolumeSpec)
+    object_store: ObjectStoreSpec | None = Field(
+        default=None, description="Keep checkpoints in an S3-compatible object store instead of a volume.")
 
     @model_validator(mode="after")
-    def _pvc_shorthand(self) -> CheckpointSpec:
+    def _storage_shorthand(self) -> CheckpointSpec:
         if self.storage and self.storage.startswith("pvc:"):
             claim = self.storage.removeprefix("pvc:")
             if not claim:
                 raise ValueError("storage 'pvc:' needs a claim name ('pvc:<claim>')")
             self.volume = CheckpointVolumeSpec(kind=CheckpointVolumeKind.SHARED_CLAIM, claim_name=claim)
             self.storage = None
+        elif self.storage and self.storage.startswith("s3://"):
+            if self.object_store is not None:
+                raise ValueError("storage 's3://...' and objectStore both name an object store: keep one")
+            if not _S3_URL.match(self.storage.rstrip("/")):
+                raise ValueError(f"storage must be s3://<bucket>[/<prefix>] with a valid bucket name, got "
+                                 f"{self.storage!r}")
+            self.object_store = ObjectStoreSpec(url=self.storage)
+            self.storage = None
+        # (A volume equal to the default is what a serialised spec carries: not a second choice.)
+        if self.object_store is not None and self.volume != CheckpointVolumeSpec():
+            raise ValueError("objectStore and volume both say where checkpoints live: keep one")
         return self
 
     @model_validator(mode="after")

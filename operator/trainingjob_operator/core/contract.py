@@ -34,7 +34,18 @@ class ConfigMapKey:
     key: str
 
 
-EnvValue = str | FieldRef | ConfigMapKey
+@dataclass(frozen=True)
+class SecretKey:
+    """A value read from a Secret key (``valueFrom.secretKeyRef``): never copied into the pod spec."""
+
+    name: str
+    key: str
+
+
+EnvValue = str | FieldRef | ConfigMapKey | SecretKey
+
+# The variables boto3 reads; a Secret named by objectStore.credentialsSecret holds the two keys.
+OBJECT_STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 CONTRACT_ENV = frozenset({"TJ_JOB", "TJ_NAMESPACE", "TJ_ROLE", "TJ_RANK", "TJ_REDIS_URL", "TJ_SPEC", "POD_IP",
                           "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR", "TJ_GRPC_PORT"})
@@ -48,22 +59,45 @@ class Placement:
     instance: EnvValue | None  # what tells this incarnation from the next (pod UID); None: the process id
     spec: EnvValue  # the spec as JSON
     port: int
-    checkpoint_dir: str
+    checkpoint_dir: str  # where a mounted volume (or a local directory) holds checkpoints
+    secrets: bool  # can name Secret keys (a pod); a process gets credentials from its caller's environment
 
 
 def pod_placement(spec_config_map: str, spec_key: str) -> Placement:
     return Placement(host=FieldRef("status.podIP"), instance=FieldRef("metadata.uid"),
-                     spec=ConfigMapKey(spec_config_map, spec_key), port=GRPC_PORT, checkpoint_dir=CHECKPOINT_MOUNT)
+                     spec=ConfigMapKey(spec_config_map, spec_key), port=GRPC_PORT, checkpoint_dir=CHECKPOINT_MOUNT,
+                     secrets=True)
 
 
 def process_placement(job: TrainingJob, checkpoint_dir: str) -> Placement:
     return Placement(host="127.0.0.1", instance=None, spec=job.spec_json(), port=LOCAL_PORT,
-                     checkpoint_dir=checkpoint_dir)
+                     checkpoint_dir=checkpoint_dir, secrets=False)
+
+
+def object_store_location(job: TrainingJob) -> str | None:
+    """``<url>/<namespace>/<job>``: jobs sharing a bucket and prefix never see each other's checkpoints."""
+    store = job.spec.recovery.checkpoint.object_store
+    return None if store is None else f"{store.url}/{job.namespace}/{job.name}"
+
+
+def _object_store_env(job: TrainingJob, placement: Placement) -> list[tuple[str, EnvValue]]:
+    store = job.spec.recovery.checkpoint.object_store
+    if store is None:
+        return []
+    env: list[tuple[str, EnvValue]] = []
+    if store.endpoint:
+        env.append(("AWS_ENDPOINT_URL", store.endpoint))
+    if store.region:
+        env.append(("AWS_DEFAULT_REGION", store.region))
+    if store.credentials_secret and placement.secrets:
+        env += [(key, SecretKey(store.credentials_secret, key)) for key in OBJECT_STORE_SECRET_KEYS]
+    return env
 
 
 def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation: int,
                 placement: Placement) -> list[tuple[str, EnvValue]]:
-    """The replica's environment: the role's extra variables first, then the contract."""
+    """The replica's environment: the role's extra variables first, then the contract (which they never
+    override), then the object store's client settings when checkpoints live in one."""
     contract: list[tuple[str, EnvValue]] = [
         ("TJ_JOB", job.name),
         ("TJ_NAMESPACE", job.namespace),
@@ -73,13 +107,15 @@ def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation:
         ("TJ_SPEC", placement.spec),
         ("POD_IP", placement.host),
         ("TJ_GENERATION", str(generation)),
-        ("TJ_CHECKPOINT_DIR", placement.checkpoint_dir),
+        ("TJ_CHECKPOINT_DIR", object_store_location(job) or placement.checkpoint_dir),
         ("TJ_GRPC_PORT", str(placement.port)),
     ]
     if placement.instance is not None:
         contract.insert(7, ("TJ_INSTANCE", placement.instance))
+    contract += _object_store_env(job, placement)
+    ours = CONTRACT_ENV | {name for name, _ in contract}
     extra = job.spec.replicas.for_role(rid.role).env
-    return [*((k, v) for k, v in sorted(extra.items()) if k not in CONTRACT_ENV), *contract]
+    return [*((k, v) for k, v in sorted(extra.items()) if k not in ours), *contract]
 
 
 def literal_env(env: list[tuple[str, EnvValue]]) -> dict[str, str]:

@@ -145,6 +145,8 @@ def _env_var(name: str, value: contract.EnvValue) -> dict[str, Any]:
         return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": value.path}}}
     if isinstance(value, contract.ConfigMapKey):
         return {"name": name, "valueFrom": {"configMapKeyRef": {"name": value.name, "key": value.key}}}
+    if isinstance(value, contract.SecretKey):
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": value.name, "key": value.key}}}
     return {"name": name, "value": value}
 
 
@@ -196,7 +198,7 @@ def render_checkpoint_claims(job: TrainingJob, *, owner: Owner) -> list[dict[str
     its predecessor's claim, so ReadWriteOnce is enough; with ``retainPolicy: Retain`` the claims carry
     no ownerReference and outlive the job."""
     volume = job.spec.recovery.checkpoint.volume
-    if volume.kind is not CheckpointVolumeKind.CLAIM_PER_REPLICA:
+    if volume.kind is not CheckpointVolumeKind.CLAIM_PER_REPLICA or job.spec.recovery.checkpoint.object_store:
         return []
     claims = []
     for rid in server_replicas(job):
@@ -218,11 +220,14 @@ def server_replicas(job: TrainingJob) -> list[ReplicaId]:
 
 def ephemeral_checkpoints(job: TrainingJob) -> bool:
     """True when a replaced server loses its checkpoints with its pod (``emptyDir``)."""
-    return job.spec.recovery.checkpoint.volume.kind is CheckpointVolumeKind.EMPTY_DIR
+    checkpoints = job.spec.recovery.checkpoint
+    return checkpoints.object_store is None and checkpoints.volume.kind is CheckpointVolumeKind.EMPTY_DIR
 
 
 def checkpoint_durability(job: TrainingJob) -> tuple[bool, str, str]:
     """(durable, reason, message) for the CheckpointsDurable condition."""
+    if (location := contract.object_store_location(job)) is not None:
+        return (True, "ObjectStore", f"checkpoints in {location}")
     volume = job.spec.recovery.checkpoint.volume
     if volume.kind is CheckpointVolumeKind.EMPTY_DIR:
         return (False, "EmptyDir", "checkpoints live in each server pod's emptyDir: a replaced embedding server "
@@ -269,8 +274,9 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
     if rid.role in SERVER_ROLES:
         container["ports"] = [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
         container.update(_grpc_probes(job))
-        container["volumeMounts"] = [{"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT}]
-        spec["volumes"] = [checkpoint_volume(job, rid)]
+        if job.spec.recovery.checkpoint.object_store is None:
+            container["volumeMounts"] = [{"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT}]
+            spec["volumes"] = [checkpoint_volume(job, rid)]
     if role.node_selector:
         spec["nodeSelector"] = dict(role.node_selector)
     if role.tolerations:

@@ -15,6 +15,9 @@ Invariants.
 - The shard's lock is held only while the selected rows are copied (:func:`snapshot`); selection
   before it and the write after it run in the checkpointer's own thread.
 
+Storage. ``<root>`` is a directory (a mounted volume) or an ``s3://bucket/prefix`` location in an
+S3-compatible object store; :mod:`~dlrm_trainer.checkpoint.store` is the one seam to either.
+
 Layout::
 
     <root>/shard-<k>/<seq:08d>-<kind>/table-<t>.safetensors   kind: full | mfu | ssu
@@ -54,6 +57,7 @@ from dlrm_trainer.checkpoint.format import (
 from dlrm_trainer.checkpoint.loading import LoadReport, Skipped, load_latest
 from dlrm_trainer.checkpoint.selection import choose_kind, fraction_count, select_rows
 from dlrm_trainer.checkpoint.snapshot import SnapshotData, snapshot
+from dlrm_trainer.checkpoint.store import CheckpointStore, DirectoryStore, ObjectStore, open_store
 from dlrm_trainer.checkpoint.writer import (
     BackgroundCheckpointer,
     CheckpointerStats,
@@ -63,9 +67,35 @@ from dlrm_trainer.checkpoint.writer import (
 )
 
 __all__ = [
-    "DENSE_DIR", "FORMAT", "MANIFEST_NAME", "BackgroundCheckpointer", "CheckpointCoordination", "CheckpointInfo",
-    "CheckpointWriter", "CheckpointerStats", "DenseLoad", "FileRecord", "Kind", "LoadReport", "LockedShard",
-    "Manifest", "ShardState", "Skipped", "SnapshotData", "SnapshotWriter", "StorageError",
-    "choose_kind", "fraction_count", "load_dense", "load_latest", "save_dense", "select_rows", "snapshot",
+    "DENSE_DIR",
+    "FORMAT",
+    "MANIFEST_NAME",
+    "BackgroundCheckpointer",
+    "CheckpointCoordination",
+    "CheckpointInfo",
+    "CheckpointStore",
+    "CheckpointWriter",
+    "CheckpointerStats",
+    "DenseLoad",
+    "DirectoryStore",
+    "FileRecord",
+    "Kind",
+    "LoadReport",
+    "LockedShard",
+    "Manifest",
+    "ObjectStore",
+    "ShardState",
+    "Skipped",
+    "SnapshotData",
+    "SnapshotWriter",
+    "StorageError",
+    "choose_kind",
+    "fraction_count",
+    "load_dense",
+    "load_latest",
+    "open_store",
+    "save_dense",
+    "select_rows",
+    "snapshot",
     "tuned_interval",
 ]

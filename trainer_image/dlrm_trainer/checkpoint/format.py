@@ -7,9 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -19,27 +17,18 @@ from typing import Any, Literal, Protocol
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from dlrm_trainer.checkpoint.store import MANIFEST_NAME, CheckpointStore, StorageError
+
+__all__ = ["MANIFEST_NAME", "CheckpointStore", "StorageError"]  # re-exported: the format's own vocabulary
+
 log = logging.getLogger("dlrm_trainer.checkpoint")
 _STALLS_KEPT = 1000  # BackgroundCheckpointer keeps this many recent stall measurements
 
 
 Kind = Literal["full", "mfu", "ssu"]
-MANIFEST_NAME = "MANIFEST.json"
 FORMAT = "tj-checkpoint/1"
 DENSE_DIR = "dense"
 _DIR_NAME = re.compile(r"^(\d{8})-(full|mfu|ssu|dense)$")
-
-
-class StorageError(Exception):
-    """Checkpoint storage is not writable (permissions, missing volume, ENOSPC...).
-
-    The caller keeps training and reports it: the previous checkpoint stays the latest one.
-    """
-
-    def __init__(self, path: Path, cause: OSError) -> None:
-        super().__init__(f"checkpoint storage {path} not writable: {cause.strerror or cause}")
-        self.path = path
-        self.errno = cause.errno
 
 
 # -- seams ---------------------------------------------------------------------------------------------
@@ -134,7 +123,7 @@ class CheckpointInfo:
     id: str
     seq: int
     kind: str
-    path: Path
+    location: str  # a directory path or an s3:// URL
     rows: int
     bytes: int
     checksum: str
@@ -144,39 +133,25 @@ class CheckpointInfo:
     write_s: float
     pointer_published: bool = False
 
+    @property
+    def path(self) -> Path:
+        """The checkpoint's directory (a directory store's checkpoints only)."""
+        return Path(self.location)
+
     def pointer(self) -> dict[str, Any]:
-        return {"id": self.id, "seq": self.seq, "kind": self.kind, "path": str(self.path), "time": self.created_unix,
+        return {"id": self.id, "seq": self.seq, "kind": self.kind, "path": self.location, "time": self.created_unix,
                 "rows": self.rows, "bytes": self.bytes, "checksum": self.checksum, "progress": self.progress}
 
 
-# -- storage primitives (effects) ------------------------------------------------------------------
+# -- storage primitives (effects, through the store seam) ------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _entries(directory: Path) -> list[tuple[int, str, Path, bool]]:
-    """(seq, kind, path, complete) of every checkpoint-named directory, ascending by seq."""
-    if not directory.is_dir():
-        return []
+def _entries(store: CheckpointStore, folder: str) -> list[tuple[int, str, str, bool]]:
+    """(seq, kind, entry name, complete) of every checkpoint-named entry, ascending by seq."""
     found = []
-    for child in directory.iterdir():
-        if (m := _DIR_NAME.match(child.name)) and child.is_dir():
-            found.append((int(m[1]), m[2], child, (child / MANIFEST_NAME).is_file()))
+    for name, complete in store.entries(folder):
+        if m := _DIR_NAME.match(name):
+            found.append((int(m[1]), m[2], name, complete))
     return sorted(found)
 
 
@@ -184,77 +159,62 @@ _Payload = tuple[str, dict[str, torch.Tensor], int | None]  # file name, tensors
 
 
 def _write_checkpoint(
-    directory: Path, seq: int, kind: str, payloads: Sequence[_Payload], header: dict[str, Any]
-) -> tuple[Manifest, str, Path]:
-    """Write the files, then the manifest; returns (manifest, manifest sha256, dir). Raises StorageError."""
-    path = directory / f"{seq:08d}-{kind}"
+    store: CheckpointStore, folder: str, seq: int, kind: str, payloads: Sequence[_Payload], header: dict[str, Any]
+) -> tuple[Manifest, str, str]:
+    """Write the files, then the manifest; returns (manifest, manifest sha256, location). Raises StorageError."""
+    entry = f"{seq:08d}-{kind}"
     start = time.perf_counter()
-    try:
-        path.mkdir(parents=True)
-        records = []
-        for name, tensors, table in payloads:
-            data = safetensors_bytes(tensors)
-            _write_atomically(path / name, data)
-            rows = int(next(iter(tensors.values())).shape[0])
-            records.append(FileRecord(name, hashlib.sha256(data).hexdigest(), len(data), rows, table))
-        manifest = Manifest(seq=seq, kind=kind, files=records, write_s=time.perf_counter() - start, **header)
-        raw = manifest.to_json()
-        _write_atomically(path / MANIFEST_NAME, raw)
-        _fsync_dir(path)
-        _fsync_dir(directory)
-    except OSError as e:
-        shutil.rmtree(path, ignore_errors=True)
-        raise StorageError(directory, e) from e
-    return manifest, hashlib.sha256(raw).hexdigest(), path
+    files, records = [], []
+    for name, tensors, table in payloads:
+        data = safetensors_bytes(tensors)
+        files.append((name, data))
+        rows = int(next(iter(tensors.values())).shape[0])
+        records.append(FileRecord(name, hashlib.sha256(data).hexdigest(), len(data), rows, table))
+    # The stored write_s is the serialisation time (the persist time is known only once the manifest is
+    # written); the returned manifest's is the whole write, serialising and persisting.
+    manifest = Manifest(seq=seq, kind=kind, files=records, write_s=time.perf_counter() - start, **header)
+    raw = manifest.to_json()
+    store.write_entry(folder, entry, files, raw)
+    manifest = dataclasses.replace(manifest, write_s=time.perf_counter() - start)
+    return manifest, hashlib.sha256(raw).hexdigest(), store.location(folder, entry)
 
 
-def _remove_checkpoint(path: Path) -> None:
-    """Manifest first, so a half-removed checkpoint is already a non-checkpoint."""
-    (path / MANIFEST_NAME).unlink(missing_ok=True)
-    shutil.rmtree(path)
-
-
-def _prune(directory: Path, keep: int) -> list[str]:
+def _prune(store: CheckpointStore, folder: str, keep: int) -> list[str]:
     """Keep the newest ``keep`` full saves and everything after the oldest of them; drop older
-    checkpoints and manifest-less directories older than the newest complete one. Returns removed names."""
-    entries = _entries(directory)
+    checkpoints and manifest-less entries older than the newest complete one. Returns removed names."""
+    entries = _entries(store, folder)
     fulls = [seq for seq, kind, _, complete in entries if complete and kind in ("full", "dense")]
     complete = [seq for seq, _, _, c in entries if c]
     if not fulls:
         return []
     cutoff = sorted(fulls)[-keep:][0]
     removed = []
-    for seq, _, path, is_complete in entries:
+    for seq, _, name, is_complete in entries:
         if seq < cutoff or (not is_complete and seq < complete[-1]):
-            _remove_checkpoint(path)
-            removed.append(path.name)
+            store.remove_entry(folder, name)
+            removed.append(name)
     return removed
 
 
-def _next_seq(directory: Path) -> int:
+def _next_seq(store: CheckpointStore, folder: str) -> int:
     try:
-        return max((seq for seq, *_ in _entries(directory)), default=0) + 1
-    except OSError:
+        return max((seq for seq, *_ in _entries(store, folder)), default=0) + 1
+    except (OSError, StorageError):
         return 1
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _read_manifest(store: CheckpointStore, folder: str, entry: str) -> Manifest:
+    return Manifest.from_json(store.read(folder, entry, MANIFEST_NAME))
 
 
-def _read_manifest(path: Path) -> Manifest:
-    return Manifest.from_json((path / MANIFEST_NAME).read_bytes())
-
-
-def _verify(path: Path, manifest: Manifest) -> str | None:
+def _verify(store: CheckpointStore, folder: str, entry: str, manifest: Manifest) -> str | None:
     """None if every file is present, of the right size and checksum; else why not (for the report)."""
     for record in manifest.files:
-        file = path / record.name
-        if not file.is_file():
+        size = store.size(folder, entry, record.name)
+        if size is None:
             return f"corrupt (missing {record.name})"
-        if file.stat().st_size != record.bytes:
-            return f"corrupt (size mismatch in {record.name}: {file.stat().st_size} != {record.bytes} bytes)"
-        if _sha256_file(file) != record.sha256:
+        if size != record.bytes:
+            return f"corrupt (size mismatch in {record.name}: {size} != {record.bytes} bytes)"
+        if store.sha256(folder, entry, record.name) != record.sha256:
             return f"corrupt (sha256 mismatch in {record.name})"
     return None

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 
 from dlrm_trainer.checkpoint.format import (
     CheckpointCoordination,
@@ -17,6 +17,7 @@ from dlrm_trainer.checkpoint.format import (
     _read_manifest,
     _verify,
 )
+from dlrm_trainer.checkpoint.store import CheckpointStore, open_store
 
 log = logging.getLogger("dlrm_trainer.checkpoint")
 
@@ -72,34 +73,32 @@ def _shape_problem(manifest: Manifest, tables: ShardState) -> str | None:
     return None
 
 
-def _apply(path: Path, manifest: Manifest, tables: ShardState) -> int:
-    """Copy a verified checkpoint into the tables; returns rows written."""
+def _apply(store: CheckpointStore, folder: str, entry: str, manifest: Manifest, tables: ShardState) -> int:
+    """Copy a verified checkpoint into the tables, one table file in memory at a time; returns rows written."""
     for record in manifest.files:
         t = record.table
         assert t is not None
-        with safe_open(str(path / record.name), framework="pt") as f:
-            weights, adagrad = f.get_tensor("weights"), f.get_tensor("adagrad")
-            if manifest.kind == "full":
-                tables.weights[t].copy_(weights)
-                tables.adagrad[t].copy_(adagrad)
-            else:
-                rows = f.get_tensor("rows")
-                tables.weights[t].index_copy_(0, rows, weights)
-                tables.adagrad[t].index_copy_(0, rows, adagrad)
+        tensors = safetensors_load(store.read(folder, entry, record.name))
+        if manifest.kind == "full":
+            tables.weights[t].copy_(tensors["weights"])
+            tables.adagrad[t].copy_(tensors["adagrad"])
+        else:
+            tables.weights[t].index_copy_(0, tensors["rows"], tensors["weights"])
+            tables.adagrad[t].index_copy_(0, tensors["rows"], tensors["adagrad"])
     return manifest.rows_saved
 
 
-def _check(path: Path, tables: ShardState) -> tuple[Manifest | None, str | None]:
+def _check(store: CheckpointStore, folder: str, entry: str, tables: ShardState) -> tuple[Manifest | None, str | None]:
     try:
-        manifest = _read_manifest(path)
+        manifest = _read_manifest(store, folder, entry)
     except (OSError, ValueError, TypeError, KeyError) as e:
         return None, f"unreadable manifest ({type(e).__name__}: {e})"
-    problem = _shape_problem(manifest, tables) or _verify(path, manifest)
+    problem = _shape_problem(manifest, tables) or _verify(store, folder, entry, manifest)
     return manifest, problem
 
 
 def load_latest(
-    root: Path | str, shard: int, tables: ShardState, coord: CheckpointCoordination | None = None,
+    root: Path | str | CheckpointStore, shard: int, tables: ShardState, coord: CheckpointCoordination | None = None,
     only: str | None = None,
 ) -> LoadReport:
     """Restore ``tables`` in place from the shard's newest intact checkpoint chain (see module docstring).
@@ -112,28 +111,29 @@ def load_latest(
     ``only``: restore exactly that full checkpoint (a full recovery's round, see ``rounds``), no partials.
     """
     start = time.perf_counter()
-    entries = _entries(Path(root) / f"shard-{shard}")
+    store, folder = open_store(root), f"shard-{shard}"
+    entries = _entries(store, folder)
     skipped: list[Skipped] = []
-    chosen: tuple[int, Manifest, Path] | None = None
-    for seq, kind, path, complete in reversed(entries):
-        if only is not None and path.name != only:
+    chosen: tuple[int, Manifest, str] | None = None
+    for seq, kind, entry, complete in reversed(entries):
+        if only is not None and entry != only:
             continue
         if complete and kind == "full":
-            manifest, problem = _check(path, tables)
+            manifest, problem = _check(store, folder, entry, tables)
             if problem is None and manifest is not None:
-                chosen = (seq, manifest, path)
+                chosen = (seq, manifest, entry)
                 break
-            skipped.append(Skipped(path.name, problem or "unusable"))
+            skipped.append(Skipped(entry, problem or "unusable"))
     loaded: list[str] = []
     rows = 0
     progress: int | None = None
     if chosen is not None:
-        seq0, manifest0, path0 = chosen
-        rows = _apply(path0, manifest0, tables)
+        seq0, manifest0, entry0 = chosen
+        rows = _apply(store, folder, entry0, manifest0, tables)
         loaded.append(manifest0.id)
         progress = manifest0.progress
         if only is None:
-            rows, progress = _apply_partials(entries, seq0, tables, loaded, skipped, rows, progress)
+            rows, progress = _apply_partials(store, folder, entries, seq0, tables, loaded, skipped, rows, progress)
         for access in tables.access:
             access.zero_()
     duration = time.perf_counter() - start
@@ -142,29 +142,30 @@ def load_latest(
             coord.record_cost("o_load", duration)
         except Exception as e:
             log.warning("shard %d: o_load not recorded: %s", shard, e)
-    incomplete = tuple(p.name for _, _, p, complete in entries if not complete)
+    incomplete = tuple(entry for _, _, entry, complete in entries if not complete)
     return LoadReport(shard, tuple(loaded), tuple(sorted(skipped, key=lambda s: s.id, reverse=True)), incomplete,
                       progress, rows, duration)
 
 
-def _apply_partials(entries: list[tuple[int, str, Path, bool]], base_seq: int, tables: ShardState, loaded: list[str],
-                    skipped: list[Skipped], rows: int, progress: int | None) -> tuple[int, int | None]:
+def _apply_partials(store: CheckpointStore, folder: str, entries: list[tuple[int, str, str, bool]], base_seq: int,
+                    tables: ShardState, loaded: list[str], skipped: list[Skipped], rows: int,
+                    progress: int | None) -> tuple[int, int | None]:
     last, broken = base_seq, None
-    for seq, kind, path, complete in entries:
+    for seq, kind, entry, complete in entries:
         if seq <= base_seq or not complete or kind == "full":
-            broken = broken or (path.name if seq > base_seq and complete else None)
+            broken = broken or (entry if seq > base_seq and complete else None)
             continue
         if broken is not None:
-            skipped.append(Skipped(path.name, f"not applied (follows unusable {broken})"))
+            skipped.append(Skipped(entry, f"not applied (follows unusable {broken})"))
             continue
-        manifest, problem = _check(path, tables)
+        manifest, problem = _check(store, folder, entry, tables)
         if problem is None and manifest is not None and manifest.parent != last:
             problem = f"not applied (its parent {manifest.parent} was not restored)"
         if problem is not None or manifest is None:
-            skipped.append(Skipped(path.name, problem or "unusable"))
-            broken = path.name
+            skipped.append(Skipped(entry, problem or "unusable"))
+            broken = entry
             continue
-        rows += _apply(path, manifest, tables)
+        rows += _apply(store, folder, entry, manifest, tables)
         loaded.append(manifest.id)
         last, progress = seq, manifest.progress
     return rows, progress

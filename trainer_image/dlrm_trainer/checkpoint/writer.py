@@ -26,6 +26,7 @@ from dlrm_trainer.checkpoint.format import (
 )
 from dlrm_trainer.checkpoint.selection import choose_kind, select_rows
 from dlrm_trainer.checkpoint.snapshot import SnapshotData, snapshot
+from dlrm_trainer.checkpoint.store import CheckpointStore, open_store
 
 if TYPE_CHECKING:
     from trainingjob_operator.api.spec import CheckpointSpec
@@ -37,22 +38,24 @@ log = logging.getLogger("dlrm_trainer.checkpoint")
 
 
 class CheckpointWriter:
-    """Writes one shard's checkpoints under ``<root>/shard-<shard>/`` and publishes pointers and costs.
+    """Writes one shard's checkpoints under ``<root>/shard-<shard>/`` (a directory or an ``s3://`` location,
+    see :mod:`~dlrm_trainer.checkpoint.store`) and publishes pointers and costs.
 
     ``save`` is synchronous: :class:`BackgroundCheckpointer` calls it from its own thread.
     """
 
     def __init__(
-        self, root: Path | str, shard: int, coord: CheckpointCoordination | None = None, keep: int = 3
+        self, root: Path | str | CheckpointStore, shard: int, coord: CheckpointCoordination | None = None,
+        keep: int = 3,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.root = Path(root)
+        self.store = open_store(root)
         self.shard = shard
-        self.directory = self.root / f"shard-{shard}"
+        self.folder = f"shard-{shard}"
         self.coord = coord
         self.keep = keep
-        self._seq = _next_seq(self.directory)
+        self._seq = _next_seq(self.store, self.folder)
         self._last_seq: int | None = None
         self._base_seq: int | None = None
 
@@ -71,14 +74,16 @@ class CheckpointWriter:
         header = {"shard": self.shard, "base": base, "parent": None if kind == "full" else self._last_seq,
                   "created_unix": time.time(), "progress": progress_marker, "table_rows": snapshot.table_rows,
                   "dim": snapshot.dim, "stall_s": snapshot.stall_s}
-        manifest, checksum, path = _write_checkpoint(self.directory, seq, kind, _table_payloads(snapshot, kind), header)
+        manifest, checksum, location = _write_checkpoint(self.store, self.folder, seq, kind,
+                                                         _table_payloads(snapshot, kind), header)
         self._last_seq, self._base_seq = seq, base
-        info = CheckpointInfo(manifest.id, seq, kind, path, manifest.rows_saved, manifest.nbytes, f"sha256:{checksum}",
-                              manifest.created_unix, progress_marker, snapshot.stall_s, manifest.write_s)
+        info = CheckpointInfo(manifest.id, seq, kind, location, manifest.rows_saved, manifest.nbytes,
+                              f"sha256:{checksum}", manifest.created_unix, progress_marker, snapshot.stall_s,
+                              manifest.write_s)
         info = dataclasses.replace(info, pointer_published=self._publish(info))
         try:
-            _prune(self.directory, self.keep)
-        except OSError as e:
+            _prune(self.store, self.folder, self.keep)
+        except (OSError, StorageError) as e:
             log.warning("shard %d: checkpoint retention failed: %s", self.shard, e)
         return info
 
