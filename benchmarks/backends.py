@@ -36,6 +36,7 @@ from trainingjob_operator.coordination import Coordination  # noqa: E402
 from trainingjob_operator.local.redis_server import EmbeddedRedis  # noqa: E402
 from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions  # noqa: E402
 from trainingjob_operator.reconcile import desired_replicas  # noqa: E402
+from trainingjob_operator.tuner import lost_samples  # noqa: E402
 
 NAMESPACE = "ml"  # the test cluster's namespace; local jobs use it too so keys look alike
 
@@ -80,7 +81,7 @@ def read_job(coord: Coordination, job: TrainingJob) -> dict[str, Any]:
         "results": [r for rank in range(job.spec.replicas.trainer.replicas) if (r := coord.result(rank)) is not None],
         "failures": failures,
         "recoveries": {name: coord.recoveries(name) for name in names},
-        "lost_samples": coord.lost_samples(),
+        "lost_samples": lost_samples(coord, job.spec),
         "checkpoints": coord.checkpoints(),
         "curve": coord.curve(),
     }

@@ -11,23 +11,33 @@ survivors' stall per lost shard. Every variant runs ``--repeats`` times per back
 overheads are reported as a mean with a 95% confidence interval (a noisy shared machine). The soak at
 real probe timing is ``benchmarks/soak.py``.
 
+Seeds (``--seeds K``): run k uses data and model seed k, and with ``--pattern poisson`` its own failure
+schedule (every variant of a seed gets the same one): failures of a random replica as a Poisson process
+of the job MTBF given, which CPR's production pattern scales to (``--job-mtbf``: CPR saw a failure every
+14-30 h with a 10-minute replacement; the defaults keep that ratio of replacement time to MTBF near 1%
+for a local replacement of ~0.6 s). ``--tail-signal`` picks the synthetic teacher (0.5: the harder one on
+which losing a shard's tail costs AUC; 0: the original). ``--data criteo`` writes the samples to a
+Criteo-format TSV file first and trains from it (``data.source: criteo``; local backend only).
+
 Writes benchmarks/results/cpr_table.json and cpr_curves.png (AUC against samples, one panel per backend).
 
 Usage: python benchmarks/cpr_table.py [--backend both|local|kubernetes] [--samples N] [--schedule SPEC]
-                                       [--repeats K]
+                                       [--seeds K] [--pattern fixed|poisson] [--job-mtbf 60]
+                                       [--tail-signal 0.5] [--data synthetic|criteo] [--out NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from backends import KubernetesBackend, LocalBackend, Outcome, parse_schedule
+from backends import Kill, KubernetesBackend, LocalBackend, Outcome, parse_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,12 +53,17 @@ VARIANTS = {
 }
 
 
-def manifest(name: str, samples: int, mode: str, strategy: str, mtbf_hours: float) -> dict[str, Any]:
+def manifest(name: str, samples: int, mode: str, strategy: str, mtbf_hours: float, seed: int = 0,
+             tail_signal: float = 0.0, criteo: Path | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"trainSamples": samples, "evalSamples": 50_000, "batchSize": 1024, "seed": seed,
+                            "synthetic": {"tailSignal": tail_signal}}
+    if criteo is not None:
+        data.update(source="criteo", path=str(criteo))
     return {
         "apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
         "spec": {
             "model": {"rowsPerTable": 50_000, "bottomMlp": [128, 64], "topMlp": [128, 64]},
-            "data": {"trainSamples": samples, "evalSamples": 50_000, "batchSize": 1024},
+            "data": data,
             "training": {"evalEverySamples": max(samples // 10, 1), "evalCurveSamples": 16_384},
             "recovery": {
                 "mode": mode, "mtbfPriorHours": mtbf_hours, "plsTarget": 0.02, "heartbeatTimeoutSeconds": 5,
@@ -123,9 +138,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if not mine:
                 continue
             mean, ci = mean_ci([r["overhead_pct"] for r in mine])
+            auc_delta, auc_ci = mean_ci([r["auc_delta"] for r in mine])
             restored = sum(r["shards_restored_from_checkpoint"] for r in mine)
             replaced = sum(r["shards_replaced"] for r in mine)
             variants[variant] = {"overhead_pct_mean": mean, "overhead_pct_ci95": ci, "runs": len(mine),
+                                 "auc_delta_mean": auc_delta, "auc_delta_ci95": auc_ci,
+                                 "pls_mean": statistics.fmean(r["pls"] or 0.0 for r in mine),
                                  "auc_mean": statistics.fmean(r["auc"] or 0.0 for r in mine),
                                  "shards_restored": f"{restored}/{replaced}",
                                  "stall_ok": [stall_ok(r) for r in mine]}
@@ -138,11 +156,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"\n{'backend':<11} {'variant':<13} {'runs':>4} {'overhead % (mean ± 95% CI)':>28} {'AUC':>7} "
-          f"{'restored':>8}")
+          f"{'dAUC (mean ± 95% CI)':>22} {'PLS':>7} {'restored':>8}")
     for backend, b in summary.items():
         for variant, v in b["variants"].items():
             print(f"{backend:<11} {variant:<13} {v['runs']:>4} "
                   f"{v['overhead_pct_mean']:>16.2f} ± {v['overhead_pct_ci95']:<9.2f} {v['auc_mean']:>7.4f} "
+                  f"{v['auc_delta_mean']:>+11.4f} ± {v['auc_delta_ci95']:<8.4f} {v['pls_mean']:>7.4f} "
                   f"{v['shards_restored']:>8}")
     for backend, b in summary.items():
         ratio = b["partial_over_full_overhead"]
@@ -172,7 +191,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{r['checkpoint_saves']:>5} {restored:>8} {stall:>11} {repl:>9}  {r['replacement_s']}")
 
 
-def plot(rows: list[dict[str, Any]]) -> None:
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,8 +214,40 @@ def plot(rows: list[dict[str, Any]]) -> None:
         ax.legend(loc="lower right", fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "cpr_curves.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def poisson_schedule(seed: int, job_mtbf_s: float, horizon_s: float, replicas: list[str]) -> list[Kill]:
+    """Failures of a uniformly chosen replica, exponential gaps of mean ``job_mtbf_s``, within ``horizon_s``
+    (seconds after every trainer has trained); one schedule per seed, the same for every variant."""
+    rng = random.Random(seed)
+    kills, t = [], rng.expovariate(1.0 / job_mtbf_s)
+    while t < horizon_s:
+        kills.append(Kill(rng.choice(replicas), round(t, 2)))
+        t += rng.expovariate(1.0 / job_mtbf_s)
+    return kills
+
+
+def write_criteo(path: Path, samples: int, seed: int, tail_signal: float) -> Path:
+    """The synthetic samples (train stream, then eval stream for the held-out tail) as one Criteo TSV file."""
+    from dlrm_trainer.data.criteo import write_synthetic_tsv
+    from dlrm_trainer.data.synthetic import SyntheticCriteo
+    from trainingjob_operator.api.spec import TrainingJobSpec
+
+    spec = TrainingJobSpec.model_validate(manifest("x", samples, "partial", "full", 1.0, seed, tail_signal)["spec"])
+    generator = SyntheticCriteo(spec.model.rows(), seed=seed, embedding_dim=spec.model.embedding_dim,
+                                tail_signal=tail_signal)
+    train, held_out = path.with_suffix(".train"), path.with_suffix(".eval")
+    write_synthetic_tsv(train, generator, samples)
+    write_synthetic_tsv(held_out, generator, spec.data.eval_samples, stream="eval")
+    path.write_bytes(train.read_bytes() + held_out.read_bytes())  # the reader holds the tail lines out
+    train.unlink()
+    held_out.unlink()
+    return path
+
+
+REPLICAS = ["embedding-server-0", "embedding-server-1", "trainer-0", "trainer-1", "sync-server-0"]
 
 
 def main() -> None:
@@ -204,38 +255,60 @@ def main() -> None:
     parser.add_argument("--backend", choices=["both", "local", "kubernetes"], default="both")
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--schedule", default=DEFAULT_SCHEDULE,
-                        help="kills, seconds after every trainer has trained: role/rank@Ns,...")
+                        help="--pattern fixed: kills, seconds after every trainer has trained: role/rank@Ns,...")
+    parser.add_argument("--pattern", choices=["fixed", "poisson"], default="fixed")
+    parser.add_argument("--job-mtbf", type=float, default=60.0, help="--pattern poisson: job MTBF, seconds")
+    parser.add_argument("--horizon", type=float, default=None,
+                        help="--pattern poisson: kills stop this many seconds in (default: 80%% of a failure-free "
+                        "run of the first seed)")
     parser.add_argument("--mtbf-hours", type=float, default=0.0167,
                         help="prior MTBF per replica given to the tuner (match the injected rate)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="runs of every variant per backend; overheads are reported as mean and 95%% CI")
+    parser.add_argument("--seeds", "--repeats", dest="seeds", type=int, default=2,
+                        help="runs of every variant per backend, seed k for run k; overheads are reported as mean "
+                        "and 95%% CI")
+    parser.add_argument("--tail-signal", type=float, default=0.0, help="the synthetic teacher's tailSignal")
+    parser.add_argument("--data", choices=["synthetic", "criteo"], default="synthetic")
+    parser.add_argument("--out", default="cpr_table", help="result file stem in benchmarks/results")
     args = parser.parse_args()
+    if args.data == "criteo" and args.backend != "local":
+        parser.error("--data criteo runs on the local backend (pods would need the file on a volume)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    kills = parse_schedule(args.schedule)
     backends = ["local", "kubernetes"] if args.backend == "both" else [args.backend]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend_name in backends:
             backend_cls = LocalBackend if backend_name == "local" else KubernetesBackend
             with backend_cls(Path(tmp) / backend_name) as backend:
-                for repeat in range(args.repeats):  # interleaved, so drift on a shared machine hits every variant
+                horizon = args.horizon
+                for seed in range(args.seeds):  # interleaved, so drift on a shared machine hits every variant
+                    criteo = (write_criteo(Path(tmp) / f"criteo-{seed}.tsv", args.samples, seed, args.tail_signal)
+                              if args.data == "criteo" else None)
                     for variant, settings in VARIANTS.items():
-                        print(f"{backend_name} #{repeat + 1}: running {variant} ...", file=sys.stderr, flush=True)
+                        print(f"{backend_name} seed {seed}: running {variant} ...", file=sys.stderr, flush=True)
                         name = f"cpr-{variant.lower().replace('+', '-')}"
-                        body = manifest(name, args.samples, settings["mode"], settings["strategy"], args.mtbf_hours)
+                        body = manifest(name, args.samples, settings["mode"], settings["strategy"], args.mtbf_hours,
+                                        seed, args.tail_signal, criteo)
+                        if args.pattern == "fixed":
+                            kills = parse_schedule(args.schedule)
+                        else:
+                            kills = poisson_schedule(seed, args.job_mtbf, horizon or 0.0, REPLICAS)
                         outcome = backend.run(body, kills if settings["inject"] else [])
-                        rows.append(measure(backend_name, variant, outcome) | {"repeat": repeat})
+                        row = measure(backend_name, variant, outcome) | {"repeat": seed, "seed": seed,
+                                                                           "schedule": [vars(k) for k in kills]}
+                        rows.append(row)
+                        if variant == "failure-free" and horizon is None:
+                            horizon = 0.8 * outcome.wall_s
     with_overheads(rows)
     print_table(rows)
     summary = summarize(rows)
     print_summary(summary)
     stalls = [stall_ok(r) for r in rows if stall_ok(r) is not None]
     print(f"survivors' stall per lost shard <= replacement + 1 s: {sum(stalls)}/{len(stalls)} partial runs")
-    plot([r for r in rows if r["repeat"] == 0])
-    out = RESULTS / "cpr_table.json"
-    out.write_text(json.dumps({"samples": args.samples, "schedule": args.schedule, "repeats": args.repeats,
-                               "summary": summary, "rows": rows}, indent=2))
-    print(f"wrote {out} and {RESULTS / 'cpr_curves.png'}")
+    plot([r for r in rows if r["repeat"] == 0], RESULTS / f"{args.out.replace('table', 'curves')}.png")
+    out = RESULTS / f"{args.out}.json"
+    out.write_text(json.dumps({"args": vars(args), "samples": args.samples, "schedule": args.schedule,
+                               "seeds": args.seeds, "summary": summary, "rows": rows}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

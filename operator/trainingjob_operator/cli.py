@@ -112,13 +112,14 @@ def status(
     url = redis_url or job.spec.redis.url
     if url:
         from trainingjob_operator.coordination import Coordination
+        from trainingjob_operator.tuner import lost_samples
 
         coord = Coordination(url, job.namespace, job.name)
         trainers = job.spec.replicas.trainer.replicas
         progress = coord.all_progress(trainers)
         print(json.dumps({
             "job": job.name, "generation": coord.generation(), "samples": sum(p.samples for p in progress.values()),
-            "target_samples": job.spec.data.train_samples, "lost_samples": coord.lost_samples(),
+            "target_samples": job.spec.data.planned_samples, "lost_samples": round(lost_samples(coord, job.spec)),
             "interval_seconds": coord.interval(), "failures": coord.failures(),
             "trainers": {rank: vars(p) for rank, p in progress.items()},
         }, indent=2))

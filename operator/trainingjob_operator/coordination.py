@@ -64,6 +64,9 @@ def waiting_for(progress: Iterable[Progress]) -> list[str]:
     return sorted({name for p in progress if not p.done for name in p.waiting_for})
 
 
+TRACE_POINTS = 4000  # per trainer: ~30 minutes of progress reports at the default 0.5 s
+
+
 class Coordination:
     """Typed access to one job's coordination keys."""
 
@@ -116,8 +119,25 @@ class Coordination:
 
     # --- progress ---------------------------------------------------------------------------
     def report_progress(self, progress: Progress) -> None:
-        self.r.hset(self.key("progress", progress.rank), mapping={
+        trace = self.key("trace", progress.rank)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.key("progress", progress.rank), mapping={
             k: json.dumps(v) for k, v in asdict(progress).items()})
+        # Each trainer's throughput trace (time, samples), bounded: what measures the slowdown a background
+        # checkpoint write causes (core.costs), the same way for both backends.
+        pipe.rpush(trace, f"{progress.updated:.3f} {progress.samples}")
+        pipe.ltrim(trace, -TRACE_POINTS, -1)
+        pipe.execute()
+
+    def throughput_traces(self, trainers: int) -> dict[int, list[tuple[float, int]]]:
+        out: dict[int, list[tuple[float, int]]] = {}
+        for rank in range(trainers):
+            points = []
+            for raw in self.r.lrange(self.key("trace", rank), 0, -1):  # type: ignore[union-attr]
+                t, samples = str(raw).split()
+                points.append((float(t), int(samples)))
+            out[rank] = points
+        return out
 
     def progress(self, rank: int) -> Progress | None:
         raw: dict[str, str] = self.r.hgetall(self.key("progress", rank))  # type: ignore[assignment]
@@ -167,13 +187,6 @@ class Coordination:
         raw = self.r.get(self.key("checkpoint", shard))
         return json.loads(raw) if raw else None
 
-    def add_lost_samples(self, samples: int) -> int:
-        return int(self.r.incrby(self.key("lost_samples"), samples))
-
-    def lost_samples(self) -> int:
-        value = self.r.get(self.key("lost_samples"))
-        return int(value) if value else 0
-
     def total_samples(self, trainers: int) -> int:
         """Samples trained by all trainers so far (the progress marker of checkpoints and PLS)."""
         return sum(p.samples for p in self.all_progress(trainers).values())
@@ -221,6 +234,11 @@ class Coordination:
     def recoveries(self, name: str) -> dict[str, dict[str, Any]]:
         raw: dict[str, str] = self.r.hgetall(self.key("recovery", name))  # type: ignore[assignment]
         return {k: json.loads(v) for k, v in raw.items()}
+
+    def shard_recoveries(self, shards: int) -> dict[int, dict[str, dict[str, Any]]]:
+        """Every embedding server's recovery records (shard -> instance -> record): what lost-sample
+        accounting (``core.accounting``) counts from."""
+        return {shard: self.recoveries(f"embedding-server-{shard}") for shard in range(shards)}
 
     def set_checkpoint_error(self, shard: int, message: str | None) -> None:
         if message is None:

@@ -7,17 +7,25 @@ from __future__ import annotations
 from trainingjob_operator import tuning
 from trainingjob_operator.api.spec import TrainingJobSpec
 from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.core import accounting
 from trainingjob_operator.core.recovery import resolve_mode, tuning_inputs
 
-COSTS = ("o_save", "o_load", "o_res")
+COSTS = ("stall_full", "write_full", "stall_partial", "write_partial", "o_load", "o_res")
+
+
+def lost_samples(coord: Coordination, spec: TrainingJobSpec) -> float:
+    """Sample-equivalents lost so far (PLS's numerator), from the replacements' recovery records."""
+    shards = spec.replicas.embedding_server.replicas
+    return accounting.lost_samples(accounting.job_spans(coord.shard_recoveries(shards)), shards)
 
 
 def plan_interval(coord: Coordination, spec: TrainingJobSpec, started: float, now: float,
                   samples_per_second: float | None = None) -> tuning.IntervalDecision:
     trainers = spec.replicas.trainer.replicas
     inputs = tuning_inputs(spec, costs={name: coord.costs(name) for name in COSTS}, failure_log=coord.failures(),
-                           started=started, now=now, lost_samples=coord.lost_samples(),
-                           samples=coord.total_samples(trainers), samples_per_second=samples_per_second)
+                           started=started, now=now, lost_samples=lost_samples(coord, spec),
+                           samples=coord.total_samples(trainers), samples_per_second=samples_per_second,
+                           checkpoint_log=coord.checkpoints(), traces=coord.throughput_traces(trainers))
     decision = tuning.plan(inputs)
     if coord.interval() != decision.interval_s:
         coord.set_interval(decision.interval_s)

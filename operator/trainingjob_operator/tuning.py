@@ -41,9 +41,10 @@ HOUR_S = 3600.0
 DEFAULT_PRIOR_WEIGHT_FAILURES = 1.0
 """Pseudo-failures the spec's MTBF prior is worth, per role [I].
 
-One pseudo-failure means the prior counts as much as one MTBF of single-replica exposure, so with
-16 embedding servers the observed log outweighs the prior after ``M / 16`` of running. That is weak
-on purpose: cluster priors are rough (CPR reports 14-30 h job MTBF [V]), the measured log is not.
+One pseudo-failure: until a role's first failure the prior counts as one MTBF of single-replica
+exposure (plus every failure-free second observed since); from its first failure on, the observed log
+alone decides (:func:`estimate_mtbf`). Weak on purpose: cluster priors are rough (CPR reports 14-30 h
+job MTBF [V]), the measured log is not.
 """
 
 DEFAULT_SAVE_FLOOR_FACTOR = 2.0
@@ -75,12 +76,22 @@ class Measurements:
     o_load_s: float | None = None
     o_res_s: float | None = None
     samples_per_second: float | None = None
+    o_save_partial_s: float | None = None  # an MFU/SSU save's cost (``core.costs``), when measured
+    save_duration_s: float | None = None  # stall + write of a full save: the next cannot start sooner
+    uncovered: float | None = None  # share of updates since the last full save that partial saves left out
+    # What o_save is made of (a full save), for status and summaries: o_save = stall + write * write_slowdown.
+    save_stall_s: float | None = None
+    save_write_s: float | None = None
+    write_slowdown: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("o_save_s", "o_load_s", "o_res_s", "samples_per_second"):
+        for name in ("o_save_s", "o_load_s", "o_res_s", "samples_per_second", "o_save_partial_s",
+                     "save_duration_s", "uncovered", "save_stall_s", "save_write_s", "write_slowdown"):
             value = getattr(self, name)
             if value is not None:
                 _require_non_negative(name, value)
+        if self.uncovered is not None and self.uncovered > 1.0:
+            raise ValueError(f"uncovered must be in [0, 1], got {self.uncovered}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +135,9 @@ class TuningInputs:
     prior_weight_failures: float = DEFAULT_PRIOR_WEIGHT_FAILURES
     save_floor_factor: float = DEFAULT_SAVE_FLOOR_FACTOR
     measured_pls: float | None = None
+    strategy: str = "full"  # full, mfu or ssu: what a periodic save holds
+    full_every: int = 4  # mfu/ssu: every this many saves is full
+    partial_fraction: float = 1.0  # mfu/ssu: the share of rows a partial save holds (the uncovered prior)
 
     def __post_init__(self) -> None:
         # Frozen, so normalise through object.__setattr__: plain strings and lists are accepted.
@@ -149,6 +163,33 @@ class TuningInputs:
         _require_non_negative("save_floor_factor", self.save_floor_factor)
         if self.measured_pls is not None:
             _require_non_negative("measured_pls", self.measured_pls)
+        if self.strategy not in ("full", "mfu", "ssu"):
+            raise ValueError(f"strategy must be full, mfu or ssu, got {self.strategy!r}")
+        if self.full_every < 1:
+            raise ValueError(f"full_every must be at least 1, got {self.full_every}")
+        if not 0.0 < self.partial_fraction <= 1.0:
+            raise ValueError(f"partial_fraction must be in (0, 1], got {self.partial_fraction}")
+
+    def save_schedule(self) -> SaveSchedule:
+        """What periodic saves cost and lose under partial recovery, given the strategy (see SaveSchedule)."""
+        m = self.measurements
+        if self.strategy == "full" or self.full_every == 1:
+            return SaveSchedule(m.o_save_s, 1.0, ())
+        k = self.full_every
+        notes = []
+        partial = m.o_save_partial_s
+        if partial is None and m.o_save_s is not None:
+            partial = m.o_save_s
+            notes.append(f"{self.strategy} save cost not measured yet: counted as a full save's")
+        uncovered = m.uncovered
+        if uncovered is None:
+            uncovered = 1.0 - self.partial_fraction
+            notes.append(f"uncovered share not measured yet: assumed {uncovered:.3g} (uniform access)")
+        average = None if m.o_save_s is None or partial is None else (m.o_save_s + (k - 1) * partial) / k
+        factor = 1.0 + uncovered * (k - 1)
+        notes.append(f"{self.strategy}, full every {k}: mean save {_fmt_s(average) if average is not None else 'n/a'}, "
+                     f"loss factor 1 + {uncovered:.3g}*({k}-1) = {factor:.3g}")
+        return SaveSchedule(average, factor, tuple(notes))
 
     @classmethod
     def from_spec(
@@ -178,7 +219,28 @@ class TuningInputs:
             initial_interval_s=checkpoint.initial_interval_seconds,
             fixed_interval_s=checkpoint.interval_seconds,
             measured_pls=measured_pls,
+            strategy=checkpoint.strategy.value,
+            full_every=checkpoint.full_every,
+            partial_fraction=(checkpoint.hot_fraction if checkpoint.strategy.value == "mfu"
+                              else checkpoint.sample_fraction if checkpoint.strategy.value == "ssu" else 1.0),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveSchedule:
+    """Periodic saves under partial recovery, per the checkpoint strategy [I] (``PAPERS.md`` §1.7 for MFU/SSU).
+
+    With MFU/SSU a cycle is one full save then ``k - 1`` partial ones, so the mean cost of a save is
+    ``(o_full + (k-1) * o_partial) / k``. A failure loses every update since the last save (``T/2`` on
+    average) plus, for the share ``u`` of updates no partial save since the last full one holds, the time
+    from that full save to the last save (``(k-1) T / 2`` on average): the expected loss is the full
+    strategy's times ``loss_factor = 1 + u (k - 1)``. Saving cheaply and often (CPR's point) pays when
+    the mean cost falls faster than the loss factor rises.
+    """
+
+    o_save_s: float | None  # the mean cost of one periodic save
+    loss_factor: float  # 1 for full saves
+    notes: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +290,7 @@ class IntervalDecision:
     partial: ModeEstimate
     floor_s: float
     expected_lost_samples_per_emb_failure: float | None = None
+    measurements: Measurements = dataclasses.field(default_factory=Measurements)  # what the plan was made from
 
 
 # -- closed forms --------------------------------------------------------------------------------------
@@ -259,29 +322,32 @@ def daly_interval(o_save_s: float, t_fail_s: float) -> float:
     return math.sqrt(2.0 * o_save_s * t_fail_s) * (1.0 + math.sqrt(ratio) / 3.0 + ratio / 9.0) - o_save_s
 
 
-def pls_bounded_interval(pls_target: float, n_emb: int, t_fail_emb_s: float) -> float:
-    """The largest interval whose expected PLS meets the target: ``2 * PLS_target * N_emb * T_fail_emb``.
+def pls_bounded_interval(pls_target: float, n_emb: int, t_fail_emb_s: float, loss_factor: float = 1.0) -> float:
+    """The largest interval whose expected PLS meets the target: ``2 * PLS_target * N_emb * T_fail_emb / g``.
 
-    [R] CPR's interval rule (``PAPERS.md`` §1.5, ``ARCHITECTURE.md`` §5); the inversion of
-    :func:`expected_pls` is [I]. Seconds.
+    [R] CPR's interval rule (``PAPERS.md`` §1.5, ``ARCHITECTURE.md`` §5) with ``g = loss_factor`` 1 for full
+    saves (:class:`SaveSchedule` for MFU/SSU); the inversion of :func:`expected_pls` is [I]. Seconds.
     """
     _require_positive("pls_target", pls_target)
     _require_positive("n_emb", n_emb)
     _require_positive("t_fail_emb_s", t_fail_emb_s)
-    return 2.0 * pls_target * n_emb * t_fail_emb_s
+    _require_positive("loss_factor", loss_factor)
+    return 2.0 * pls_target * n_emb * t_fail_emb_s / loss_factor
 
 
-def expected_pls(interval_s: float, n_emb: int, t_fail_emb_s: float) -> float:
-    """Expected portion of lost samples under partial recovery: ``T_save / (2 * N_emb * T_fail_emb)``.
+def expected_pls(interval_s: float, n_emb: int, t_fail_emb_s: float, loss_factor: float = 1.0) -> float:
+    """Expected portion of lost samples under partial recovery: ``g * T_save / (2 * N_emb * T_fail_emb)``.
 
     [R] CPR's estimate; derivation [I] (``PAPERS.md`` §1.5): an embedding-server failure lands
     uniformly inside an interval, so loses ``T_save/2`` of updates to ``1/N_emb`` of the rows, once
-    every ``T_fail_emb``. A fraction of samples, not a percentage.
+    every ``T_fail_emb``. ``g = loss_factor`` adds what MFU/SSU saves leave out (:class:`SaveSchedule`).
+    A fraction of samples, not a percentage.
     """
     _require_non_negative("interval_s", interval_s)
     _require_positive("n_emb", n_emb)
     _require_positive("t_fail_emb_s", t_fail_emb_s)
-    return interval_s / (2.0 * n_emb * t_fail_emb_s)
+    _require_positive("loss_factor", loss_factor)
+    return loss_factor * interval_s / (2.0 * n_emb * t_fail_emb_s)
 
 
 def expected_overhead_full(
@@ -359,17 +425,18 @@ def estimate_mtbf(
     observed_seconds: float,
     replicas: int,
 ) -> float:
-    """Posterior mean time between failures of *one replica*, in seconds.
+    """Mean time between failures of *one replica*, in seconds, from a prior and the observed log.
 
-    ``(a0 * M0 + t * N) / (a0 + n)`` with prior MTBF ``M0 = prior_hours * 3600``, ``a0`` prior
-    pseudo-failures (``prior_weight_failures``), ``t`` observed seconds, ``N`` replicas and ``n``
-    observed failures (``len(failures)``, or the count itself; filter by role before calling).
+    ``(w * M0 + t * N) / (w + n)`` with prior MTBF ``M0 = prior_hours * 3600``, ``t`` observed seconds,
+    ``N`` replicas, ``n`` observed failures (``len(failures)``, or the count itself; filter by role
+    before calling) and ``w = max(0, a0 - n)``: each observed failure replaces one of the prior's ``a0``
+    pseudo-failures (``prior_weight_failures``), together with its share of the prior's exposure [I].
 
-    This is the exponential model's Gamma-Poisson update [I] (``PAPERS.md`` §5.2): a Gamma prior of
-    ``a0`` failures over ``a0 * M0`` replica-seconds, plus ``n`` failures over ``t * N``
-    replica-seconds of exposure, gives a failure-rate posterior with mean ``(a0 + n) / (a0*M0 + t*N)``;
-    this returns its inverse. With no observations it is the prior; as exposure grows it tends to
-    the maximum-likelihood ``t * N / n``.
+    Without failures this is the Gamma-Poisson posterior mean (``PAPERS.md`` §5.2): the prior plus the
+    failure-free exposure, so a quiet job's MTBF grows. Once the job has seen ``a0`` failures the
+    estimate is the maximum-likelihood ``t * N / n``: a plain posterior keeps the prior's ``a0 * M0``
+    replica-seconds forever, so a 24 h prior with 80 failures in 8 minutes still said 18 minutes while
+    replicas lived 11 s (issue #9), and the interval never followed. Evidence wins after a0 failures.
     """
     _require_positive("prior_hours", prior_hours)
     _require_non_negative("prior_weight_failures", prior_weight_failures)
@@ -379,10 +446,11 @@ def estimate_mtbf(
     n_failures = failures if isinstance(failures, int) else len(failures)
     if n_failures < 0:
         raise ValueError(f"failure count must not be negative, got {n_failures}")
-    pseudo_failures = prior_weight_failures + n_failures
+    prior_weight = max(0.0, prior_weight_failures - n_failures)
+    pseudo_failures = prior_weight + n_failures
     if pseudo_failures == 0:
         raise ValueError("MTBF is undefined with neither a prior weight nor an observed failure")
-    exposure_s = prior_weight_failures * prior_hours * HOUR_S + observed_seconds * replicas
+    exposure_s = prior_weight * prior_hours * HOUR_S + observed_seconds * replicas
     return exposure_s / pseudo_failures
 
 
@@ -435,6 +503,12 @@ def save_floor(o_save_s: float | None, factor: float = DEFAULT_SAVE_FLOOR_FACTOR
     return 0.0 if o_save_s is None else factor * o_save_s
 
 
+def measured_floor(m: Measurements, factor: float = DEFAULT_SAVE_FLOOR_FACTOR) -> float:
+    """The floor from what a full save takes start to end (stall + write) once measured, else from ``o_save``:
+    the next save cannot start before the previous one is written (CheckFreq [V])."""
+    return save_floor(m.save_duration_s if m.save_duration_s is not None else m.o_save_s, factor)
+
+
 def clamp_interval(
     interval_s: float, min_interval_s: float, max_interval_s: float, floor_s: float = 0.0
 ) -> tuple[float, tuple[str, ...]]:
@@ -469,8 +543,10 @@ def estimate_mode(
     n_emb: int,
     pls_target: float,
     notes: tuple[str, ...] = (),
+    loss_factor: float = 1.0,
 ) -> ModeEstimate:
-    """Overhead and PLS of one mode at one interval; ``o_save_s=None`` leaves the save term out."""
+    """Overhead and PLS of one mode at one interval; ``o_save_s=None`` leaves the save term out.
+    ``o_save_s`` is that mode's mean save cost and ``loss_factor`` its :class:`SaveSchedule`'s (partial)."""
     extra: tuple[str, ...] = ()
     if o_save_s is None:
         extra = ("overhead excludes the save cost (o_save not measured)",)
@@ -480,7 +556,7 @@ def estimate_mode(
         pls = 0.0
     else:
         overhead = expected_overhead_partial(interval_s, o_save, o_load_s, o_res_s, t_fail_job_s, t_fail_emb_s)
-        pls = expected_pls(interval_s, n_emb, t_fail_emb_s)
+        pls = expected_pls(interval_s, n_emb, t_fail_emb_s, loss_factor)
     meets = pls <= pls_target * (1.0 + _PLS_RELATIVE_TOLERANCE)
     return ModeEstimate(mode, interval_s, overhead, pls, meets, notes + extra)
 
@@ -513,7 +589,8 @@ def evaluate_interval(inputs: TuningInputs, mode: Mode, interval_s: float) -> Mo
     :func:`plan`; ``notes`` flags an interval outside the bounds, under the floor or over the PLS target."""
     model = _failure_model(inputs)
     o_load, o_res, _ = _resolved_costs(inputs.measurements)
-    floor = save_floor(inputs.measurements.o_save_s, inputs.save_floor_factor)
+    floor = measured_floor(inputs.measurements, inputs.save_floor_factor)
+    schedule = inputs.save_schedule()
     notes: list[str] = []
     if interval_s < inputs.min_interval_s:
         notes.append("below minIntervalSeconds")
@@ -521,10 +598,11 @@ def evaluate_interval(inputs: TuningInputs, mode: Mode, interval_s: float) -> Mo
         notes.append("above maxIntervalSeconds")
     if interval_s < floor:
         notes.append("below the save floor")
+    partial = mode == "partial"
     estimate = estimate_mode(
-        mode, interval_s, o_save_s=inputs.measurements.o_save_s, o_load_s=o_load, o_res_s=o_res,
-        t_fail_job_s=model.t_fail_job_s, t_fail_emb_s=model.t_fail_emb_s, n_emb=inputs.n_emb,
-        pls_target=inputs.pls_target, notes=tuple(notes),
+        mode, interval_s, o_save_s=schedule.o_save_s if partial else inputs.measurements.o_save_s, o_load_s=o_load,
+        o_res_s=o_res, t_fail_job_s=model.t_fail_job_s, t_fail_emb_s=model.t_fail_emb_s, n_emb=inputs.n_emb,
+        pls_target=inputs.pls_target, notes=tuple(notes), loss_factor=schedule.loss_factor if partial else 1.0,
     )
     if not estimate.meets_pls_target:
         estimate = dataclasses.replace(estimate, notes=(*estimate.notes, "PLS above target"))
@@ -549,7 +627,7 @@ def plan(inputs: TuningInputs) -> IntervalDecision:
     m = inputs.measurements
     model = _failure_model(inputs)
     o_load, o_res, cost_notes = _resolved_costs(m)
-    floor = save_floor(m.o_save_s, inputs.save_floor_factor)
+    floor = measured_floor(m, inputs.save_floor_factor)
 
     full_raw, full_why = _full_target(inputs, model)
     partial_raw, partial_why = _partial_target(inputs, model)
@@ -569,7 +647,7 @@ def plan(inputs: TuningInputs) -> IntervalDecision:
         mode_why = f"mode {chosen} (spec)"
     picked = full if chosen == "full" else partial
 
-    parts = [mode_why, *picked.notes]
+    parts = [mode_why, *picked.notes, *(inputs.save_schedule().notes if chosen == "partial" else ())]
     if chosen == "partial" and not picked.meets_pls_target:
         parts.append(f"expected PLS {picked.pls:.4g} exceeds the target {inputs.pls_target:.4g}")
     if chosen == "partial" and pls_spent:
@@ -580,7 +658,8 @@ def plan(inputs: TuningInputs) -> IntervalDecision:
 
     lost: float | None = None
     if m.samples_per_second is not None:
-        lost = 0.0 if chosen == "full" else m.samples_per_second * picked.interval_s / 2.0 / inputs.n_emb
+        lost = (0.0 if chosen == "full" else
+                m.samples_per_second * picked.interval_s / 2.0 / inputs.n_emb * inputs.save_schedule().loss_factor)
     return IntervalDecision(
         mode_chosen=chosen,
         interval_s=picked.interval_s,
@@ -593,6 +672,7 @@ def plan(inputs: TuningInputs) -> IntervalDecision:
         partial=partial,
         floor_s=floor,
         expected_lost_samples_per_emb_failure=lost,
+        measurements=m,
     )
 
 
@@ -634,8 +714,10 @@ def _full_target(inputs: TuningInputs, model: FailureModel) -> tuple[float, str]
 def _partial_target(inputs: TuningInputs, model: FailureModel) -> tuple[float, str]:
     if inputs.fixed_interval_s is not None:
         return inputs.fixed_interval_s, f"fixed interval {_fmt_s(inputs.fixed_interval_s)} (spec)"
-    bound = pls_bounded_interval(inputs.pls_target, inputs.n_emb, model.t_fail_emb_s)
-    why = f"PLS bound 2*PLS_target*N_emb*T_fail_emb = {_fmt_s(bound)}"
+    factor = inputs.save_schedule().loss_factor
+    bound = pls_bounded_interval(inputs.pls_target, inputs.n_emb, model.t_fail_emb_s, factor)
+    why = (f"PLS bound 2*PLS_target*N_emb*T_fail_emb = {_fmt_s(bound)}" if factor == 1.0 else
+           f"PLS bound 2*PLS_target*N_emb*T_fail_emb/{factor:.3g} = {_fmt_s(bound)}")
     if inputs.measurements.o_save_s is None and inputs.initial_interval_s < bound:
         return inputs.initial_interval_s, (
             f"o_save not measured yet: initial interval {_fmt_s(inputs.initial_interval_s)} (spec), under the {why}"
@@ -662,10 +744,12 @@ def _estimate_at(
     else:
         interval, moved = clamp_interval(raw_s, inputs.min_interval_s, inputs.max_interval_s, floor_s)
         notes = (why, *moved)
+    schedule = inputs.save_schedule()
+    partial = mode == "partial"
     return estimate_mode(
-        mode, interval, o_save_s=inputs.measurements.o_save_s, o_load_s=o_load_s, o_res_s=o_res_s,
-        t_fail_job_s=model.t_fail_job_s, t_fail_emb_s=model.t_fail_emb_s, n_emb=inputs.n_emb,
-        pls_target=inputs.pls_target, notes=notes,
+        mode, interval, o_save_s=schedule.o_save_s if partial else inputs.measurements.o_save_s, o_load_s=o_load_s,
+        o_res_s=o_res_s, t_fail_job_s=model.t_fail_job_s, t_fail_emb_s=model.t_fail_emb_s, n_emb=inputs.n_emb,
+        pls_target=inputs.pls_target, notes=notes, loss_factor=schedule.loss_factor if partial else 1.0,
     )
 
 

@@ -97,14 +97,19 @@ def test_only_full_recovery_rolls_replaced_trainers_back() -> None:
 
 def test_tuning_inputs_use_medians_and_the_failure_log() -> None:
     spec = TrainingJobSpec()
-    got = measurements({"o_save": [1.0, 9.0, 2.0], "o_load": [], "o_res": [4.0]}, 1000.0)
+    got = measurements({"stall_full": [1.0, 9.0, 2.0], "o_load": [], "o_res": [4.0]}, 1000.0)
     assert (got.o_save_s, got.o_load_s, got.o_res_s, got.samples_per_second) == (2.0, None, 4.0, 1000.0)
-    inputs = tuning_inputs(spec, costs={"o_save": [1.0]}, started=100.0, now=400.0, lost_samples=50, samples=1000,
+    inputs = tuning_inputs(spec, costs={"stall_full": [1.0]}, started=100.0, now=400.0, lost_samples=50, samples=1000,
                            samples_per_second=None,
                            failure_log=[{"role": "embedding-server", "rank": 1, "time": 160.0}, {"junk": 1}])
     assert [(f.role, f.rank, f.time_s) for f in inputs.failures] == [("embedding-server", 1, 60.0)]
     assert inputs.observed_seconds == 300.0
-    assert inputs.measured_pls == 0.05
+    # A portion of the job's planned samples, not of the 1000 trained so far: two early failures must not
+    # look like a spent PLS budget (issue #9: auto flipped to full after early failures).
+    assert inputs.measured_pls == 50 / spec.data.train_samples
+    late = tuning_inputs(spec, costs={}, started=0.0, now=1.0, lost_samples=50, samples=2 * spec.data.train_samples,
+                         samples_per_second=None, failure_log=[])
+    assert late.measured_pls == 50 / (2 * spec.data.train_samples)
 
 
 def test_one_env_contract_for_pods_and_processes() -> None:

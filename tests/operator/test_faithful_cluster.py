@@ -22,6 +22,7 @@ import pytest
 from tests.operator.conftest import Cluster, eventually, manifest
 from tests.support.cluster import FaithfulCluster, faithful_cluster
 from tests.support.object_store import s3_server
+from trainingjob_operator.core import accounting
 
 pytestmark = pytest.mark.processes
 
@@ -78,7 +79,8 @@ async def test_a_sigkilled_pod_is_replaced_alone_restores_its_checkpoint_and_the
         assert restored["loaded"], f"the replacement restored no checkpoint: {restored['description']}"
         assert "no checkpoint" not in restored["description"]
         assert restored["restored_progress"] > 0  # its shard as trained, not initial weights
-        assert restored["lost_samples"] < failure["samples"]
+        assert restored["failed_at"] == failure["samples"]
+        assert 0 <= sum(span.samples for span in accounting.spans_of(restored)) < failure["samples"]
 
 
 async def test_checkpoints_in_an_object_store_bring_a_replaced_shard_back(faithful: FaithfulCluster,

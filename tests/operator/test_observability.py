@@ -23,7 +23,8 @@ async def test_progress_reported_by_trainers_reaches_the_status(cluster: Cluster
     coord = cluster.coordination("prog")
     coord.report_progress(Progress(rank=0, samples=300, cursor=3, loss=0.5, samples_per_second=100.0, updated=0.0))
     coord.report_progress(Progress(rank=1, samples=200, cursor=2, loss=0.7, samples_per_second=50.0, updated=0.0))
-    coord.add_lost_samples(10)
+    # A replaced shard that restored progress 280 after failing at 300: half of 20 samples lost (2 shards).
+    coord.record_recovery("embedding-server-0", "pod-b", failed_at=300, restored_progress=280, mode="partial")
 
     progress = await eventually(lambda: (p := cluster.status("prog").get("progress", {})).get("samples") and p,
                                 timeout=15, what="progress in status")
@@ -35,9 +36,17 @@ async def test_the_tuned_interval_is_written_to_redis_and_status(cluster: Cluste
     await cluster.create_job(manifest("fixed", recovery={"checkpoint": {"intervalSeconds": 42}}))
     await cluster.create_job(manifest("auto", recovery={"mode": "auto"}))
 
+    fixed = cluster.coordination("fixed")
     await eventually(lambda: cluster.status("fixed").get("recovery", {}).get("intervalSeconds") == 42,
-                     what="interval in status")
-    assert cluster.coordination("fixed").interval() == 42
+                     what="interval in status")  # the coordinator started the job (it clears its Redis keys)
+    fixed.record_cost("stall_full", 0.25)
+    fixed.record_cost("write_full", 2.0)
+    await eventually(lambda: cluster.status("fixed").get("recovery", {}).get("saveCost"), what="save cost in status")
+    recovery = cluster.status("fixed")["recovery"]
+    assert recovery["intervalSeconds"] == 42 and fixed.interval() == 42
+    assert "fixed interval 42 s (spec)" in recovery["intervalReason"]
+    # No throughput trace around a write yet: its slowdown is unmeasured and o_save is the stall alone.
+    assert recovery["saveCost"] == {"stallSeconds": 0.25, "writeSeconds": 2.0, "seconds": 0.25}
     auto = await eventually(lambda: cluster.status("auto").get("recovery"), what="auto status")
     assert auto["mode"] in ("partial", "full")  # auto resolved by the benefit test
     assert cluster.coordination("auto").interval() == auto["intervalSeconds"]

@@ -36,6 +36,7 @@ from tests.operator.test_faithful_cluster import faithful  # noqa: F401  (fixtur
 from tests.support.cluster import FaithfulCluster, merge
 from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.core import accounting
 from trainingjob_operator.core.recovery import consistent_round
 from trainingjob_operator.local import supervisor as supervisor_module
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess
@@ -264,8 +265,10 @@ async def recovers_as_the_contract_says(start: Start, scenario: Scenario) -> Non
         assert restored["restored_progress"] > 0, restored["description"]
         assert newest_checkpoint is not None
         assert restored["restored_progress"] >= newest_checkpoint["progress"], (restored, newest_checkpoint)
-        lost = restored["lost_samples"]
-        assert lost == (failure["samples"] - restored["restored_progress"]) // 2  # PLS: this shard's half
+        assert restored["failed_at"] == failure["samples"] and restored["mode"] == "partial"
+        by_shard = accounting.job_spans(coord.shard_recoveries(2))
+        # PLS: this shard's half of every sample between what it restored and the failure, counted once.
+        assert accounting.lost_samples(by_shard, 2) == (failure["samples"] - restored["restored_progress"]) / 2
     assert all(coord.result(rank) is not None for rank in (0, 1))
 
 
@@ -286,8 +289,8 @@ def rolled_back_as_one(coord: Coordination, failure: dict[str, Any]) -> None:
         name = f"embedding-server-{shard}"
         replacement = max(coord.recoveries(name).values(), key=lambda r: r["time"])
         assert replacement["loaded"] == [restore["ids"][name]], replacement  # that round's part, nothing newer
-        assert replacement["lost_samples"] == 0
-    assert coord.lost_samples() == 0
+        assert replacement["mode"] == "full" and accounting.spans_of(replacement) == []
+    assert accounting.lost_samples(accounting.job_spans(coord.shard_recoveries(2)), 2) == 0
 
 
 async def survivors_wait_for_the_late_replacement(backend: Backend, scenario: Scenario) -> None:

@@ -128,6 +128,22 @@ def test_ssu_samples_only_accessed_rows_deterministically_per_seed() -> None:
     assert not torch.equal(rows, pick(8))
 
 
+def test_ssu_favours_frequently_accessed_rows() -> None:
+    """CPR's SSU samples accesses, so hot rows are kept far more often than their share of rows."""
+    counts = torch.ones(1000, dtype=torch.int32)
+    hot = torch.arange(0, 1000, 100)  # 10 rows updated 100 times, 990 rows once
+    counts[hot] = 100
+    kept_hot, saved_share = [], []
+    for seed in range(20):
+        rows = select_rows("ssu", [counts], 0.5, 0.02, torch.Generator().manual_seed(seed))[0]
+        assert rows.numel() == 20
+        kept_hot.append(int(torch.isin(hot, rows).sum()))
+        saved_share.append(float(counts[rows].sum()) / float(counts.sum()))
+    # Uniform sampling would keep 0.2 hot rows per save and about 2% of the updates.
+    assert sum(kept_hot) / len(kept_hot) >= 7
+    assert sum(saved_share) / len(saved_share) >= 0.35
+
+
 def test_full_selects_every_row_and_unknown_strategy_is_rejected() -> None:
     rows = select_rows("full", [torch.zeros(3), torch.zeros(0)], 0.5, 0.5, torch.Generator())
     assert [r.tolist() for r in rows] == [[0, 1, 2], []]
@@ -233,6 +249,25 @@ def test_no_checkpoint_leaves_tables_untouched(tmp_path: Path) -> None:
     assert not report.found and report.progress is None
     assert_tables_equal(tables, before)
     assert report.describe() == "shard 0: no checkpoint, starting from initial weights"
+
+
+def test_a_restored_chain_says_what_no_partial_save_holds(tmp_path: Path, shard: EmbeddingShard) -> None:
+    """Lost-sample accounting weighs the rows an MFU chain left out: the last save's pending updates over
+    every update counted since the full save (core.accounting)."""
+    writer = CheckpointWriter(tmp_path, 0)
+    full = save(writer, shard, "full", 100)
+    touch(shard, {0: [1, 2, 3]}, times=3)
+    touch(shard, {0: [10]})
+    partial = save(writer, shard, "mfu", 300, hot=0.075)  # 3 of table 0's 40 rows: 1, 2, 3, not 10
+    manifest = json.loads((partial.path / "MANIFEST.json").read_text())
+    assert (manifest["access_saved"], manifest["access_pending"]) == (9, 1)
+
+    report = load_latest(tmp_path, 0, fresh_tables())
+    assert report.loaded == ("00000001-full", "00000002-mfu")
+    assert (report.base_progress, report.progress, report.uncovered) == (100, 300, pytest.approx(0.1))
+    assert report.saved_unix == pytest.approx(partial.created_unix)
+    lone = load_latest(tmp_path, 0, fresh_tables(), only=full.id)
+    assert (lone.base_progress, lone.uncovered) == (100, 0.0)
 
 
 # -- atomicity ------------------------------------------------------------------------------------------
@@ -425,6 +460,7 @@ def test_background_checkpointer_keeps_running_when_storage_is_unwritable(
 ) -> None:
     root = unwritable_root(tmp_path)
     errors: list[Exception] = []
+    touch(shard, {0: [1]})  # once, then no more updates: a failed save is retried all the same
     bg = BackgroundCheckpointer(shard, CheckpointWriter(root, 0), spec(strategy="mfu", fullEvery=3),
                                 lambda: 0.01, lambda: 7, on_error=errors.append).start()
     try:
@@ -548,24 +584,42 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+class Trainer(threading.Thread):
+    """Updates the shard every few milliseconds, as trainers' gradient pushes do."""
+
+    def __init__(self, shard: EmbeddingShard) -> None:
+        super().__init__(daemon=True)
+        self.shard, self.stopped = shard, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.002):
+            touch(self.shard, {0: [1, 2]})
+
+
 def test_saves_follow_the_interval_and_stop_final_makes_a_last_save(tmp_path: Path, shard: EmbeddingShard) -> None:
     interval = [0.01]
+    trainer = Trainer(shard)
+    trainer.start()
     bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(), lambda: interval[0], lambda: 1,
                                 reread_s=0.01).start()
-    wait_for(lambda: bg.stats().saves >= 2)
-    interval[0] = 3600.0
-    time.sleep(0.05)
-    saves = bg.stats().saves
-    time.sleep(0.1)
-    assert bg.stats().saves == saves, "a long interval stops the saves"
+    try:
+        wait_for(lambda: bg.stats().saves >= 2)
+        interval[0] = 3600.0
+        time.sleep(0.05)
+        saves = bg.stats().saves
+        time.sleep(0.1)
+        assert bg.stats().saves == saves, "a long interval stops the saves"
+    finally:
+        trainer.stopped.set()
     bg.stop(final=True, timeout_s=5)
     assert not bg.alive and bg.stats().saves == saves + 1
 
 
 def test_a_shortened_interval_applies_without_waiting_out_the_old_one(tmp_path: Path, shard: EmbeddingShard) -> None:
     interval = [3600.0]
+    touch(shard, {0: [1]})
     bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(), lambda: interval[0], lambda: 1,
-                                reread_s=0.01).start()
+                                reread_s=0.01, last_saved_unix=time.time()).start()
     try:
         time.sleep(0.05)
         assert bg.stats().saves == 0
@@ -575,10 +629,42 @@ def test_a_shortened_interval_applies_without_waiting_out_the_old_one(tmp_path: 
         bg.stop()
 
 
+def test_the_schedule_is_the_jobs_a_replacement_with_an_old_checkpoint_saves_once_it_has_updates(
+        tmp_path: Path, shard: EmbeddingShard) -> None:
+    # Issue #9: every restart restarted the interval clock, so servers living shorter than one interval
+    # never saved. The clock is the shard's last checkpoint: already overdue here, so the first update
+    # is saved at once, not an interval after the process started.
+    bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(), lambda: 30.0, lambda: 1,
+                                reread_s=0.01, last_saved_unix=time.time() - 60.0).start()
+    try:
+        time.sleep(0.3)
+        assert bg.stats().saves == 0, "nothing new to save: a restored shard equals its checkpoint"
+        touch(shard, {0: [3]})
+        wait_for(lambda: bg.stats().saves == 1, timeout_s=2.0)
+        touch(shard, {0: [4]})
+        time.sleep(0.3)
+        assert bg.stats().saves == 1, "then every 30 s, counted from that save"
+    finally:
+        bg.stop()
+
+
+def test_a_recent_checkpoint_is_not_saved_again_before_its_interval(tmp_path: Path, shard: EmbeddingShard) -> None:
+    touch(shard, {0: [1]})
+    bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(), lambda: 0.5, lambda: 1,
+                                reread_s=0.01, last_saved_unix=time.time() - 0.3).start()
+    try:
+        started = time.monotonic()
+        wait_for(lambda: bg.stats().saves == 1)
+        assert 0.1 < time.monotonic() - started < 0.45  # the rest of the job's interval: 0.5 - 0.3 s
+    finally:
+        bg.stop()
+
+
 def test_broken_interval_source_falls_back_to_the_spec(tmp_path: Path, shard: EmbeddingShard) -> None:
     def broken() -> float:
         raise ConnectionError("redis down")
 
+    touch(shard, {0: [1]})
     bg = BackgroundCheckpointer(shard, CheckpointWriter(tmp_path, 0), spec(initialIntervalSeconds=0.01), broken,
                                 lambda: 1, reread_s=0.01).start()
     try:
@@ -625,8 +711,8 @@ def test_pointer_is_published_after_the_manifest_with_costs(tmp_path: Path, shar
     pointer = coord.checkpoint_pointer(2)
     assert pointer == info.pointer()
     assert pointer is not None and pointer["checksum"].startswith("sha256:") and pointer["rows"] == sum(TABLE_ROWS)
-    assert coord.costs("o_save") == [pytest.approx(info.stall_s)]
-    assert coord.costs("write") == [pytest.approx(info.write_s)]
+    assert coord.costs("stall_full") == [pytest.approx(info.stall_s)]
+    assert coord.costs("write_full") == [pytest.approx(info.write_s)]
 
     with pytest.raises(StorageError):
         save(CheckpointWriter(unwritable_root(tmp_path), 2, coord), shard, "full", 43)
@@ -634,6 +720,16 @@ def test_pointer_is_published_after_the_manifest_with_costs(tmp_path: Path, shar
 
     load_latest(tmp_path, 2, fresh_tables(), coord)
     assert len(coord.costs("o_load")) == 1
+
+    # Costs are kept per kind: a partial save's stall and write, and the share of updates it left out.
+    writer = CheckpointWriter(tmp_path, 2, coord)
+    save(writer, shard, "full", 46)
+    touch(shard, {0: [1, 2, 3]}, times=2)
+    partial = save(writer, shard, "mfu", 47, hot=0.05)  # 2 of table 0's 40 rows: a third of the updates left out
+    assert len(coord.costs("stall_full")) == 2
+    assert coord.costs("stall_partial") == [pytest.approx(partial.stall_s)]
+    assert coord.costs("write_partial") == [pytest.approx(partial.write_s)]
+    assert coord.checkpoint_pointer(2)["uncovered"] == pytest.approx(1 / 3, abs=1e-6)  # type: ignore[index]
 
 
 # -- dense state ------------------------------------------------------------------------------------------

@@ -121,3 +121,33 @@ def test_stall_time_is_the_union_of_overlapping_waits() -> None:
     b.stalls = [(1.0, 3.0)]  # overlaps a's first wait: one outage seen by two threads
     assert stalled_seconds([a, b]) == 4.0
     assert a.stalled_s == 3.0
+
+
+def test_an_emulated_round_trip_delays_every_call_and_only_that_clients() -> None:
+    """Benchmarks emulate network latency on the trainer <-> sync-server path (no netem on these machines)."""
+    shard = EmbeddingShard(ShardTables.initialise([8], 2, 1, 0, seed=0), 1, 0, 0.1)
+    server = serve(shard, host="127.0.0.1")
+    endpoint = f"127.0.0.1:{server.port}"
+    slow = Client("tj.EmbeddingServer", lambda: endpoint, deadline_s=10, emulated_rtt_s=0.05)
+    fast = Client("tj.EmbeddingServer", lambda: endpoint, deadline_s=10)
+    request = Message({"ids": torch.tensor([3]), "counts": torch.tensor([1])})
+    try:
+        for client in (slow, fast):
+            client.call("Lookup", request)  # connect first
+        started = time.monotonic()
+        for _ in range(5):
+            slow.call("Lookup", request)
+        slow_s = time.monotonic() - started
+        started = time.monotonic()
+        slow.call_async("Lookup", request).result()
+        async_s = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(5):
+            fast.call("Lookup", request)
+        fast_s = time.monotonic() - started
+        assert slow_s >= 5 * 0.05 and async_s >= 0.05
+        assert fast_s < slow_s / 2
+    finally:
+        server.stop(grace=0)
+        slow.close()
+        fast.close()

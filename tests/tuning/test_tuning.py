@@ -200,7 +200,8 @@ def fail(role: str, rank: int = 0, time_s: float = 0.0) -> FailureObservation:
     [
         pytest.param(24.0, 1.0, 0, 0.0, 4, 86_400.0, id="prior-only"),
         pytest.param(24.0, 1.0, 0, 36_000.0, 4, 86_400.0 + 144_000.0, id="no-failures-lengthens"),
-        pytest.param(24.0, 2.0, 3, 36_000.0, 4, (2 * 86_400.0 + 144_000.0) / 5, id="gamma-poisson"),
+        pytest.param(24.0, 3.0, 1, 36_000.0, 4, (2 * 86_400.0 + 144_000.0) / 3, id="one-failure-replaces-one-pseudo"),
+        pytest.param(24.0, 2.0, 3, 36_000.0, 4, 144_000.0 / 3, id="evidence-wins-after-a0-failures"),
         pytest.param(24.0, 0.0, 2, 36_000.0, 4, 72_000.0, id="no-prior-is-mle"),
     ],
 )
@@ -219,6 +220,14 @@ def test_estimate_mtbf_tends_to_mle_with_exposure() -> None:
     # 1000 replica-days and 100 failures: 10 days per failure, whatever the 1-day prior says.
     mtbf = estimate_mtbf(24.0, 1.0, 100, 100 * 86_400.0, 10)
     assert mtbf == pytest.approx(10 * 86_400.0, rel=0.01)
+
+
+def test_estimate_mtbf_follows_a_failure_storm_within_a_few_failures() -> None:
+    # Issue #9: 2 embedding servers SIGKILLed every ~11 s under a 24 h prior. A Gamma posterior that
+    # keeps the prior's 24 replica-hours said ~18 minutes after 80 failures; the estimate must say ~11 s.
+    for failures in (2, 5, 80):
+        observed_s = 11.5 * failures / 2  # 2 replicas, each failing every 11.5 s
+        assert estimate_mtbf(24.0, 1.0, failures, observed_s, 2) == pytest.approx(11.5)
 
 
 def test_estimate_mtbf_undefined_without_prior_or_failures() -> None:
@@ -583,3 +592,52 @@ def test_inputs_reject_invalid(changes: dict[str, object]) -> None:
 def test_measurements_reject_negative() -> None:
     with pytest.raises(ValueError, match="o_save_s"):
         Measurements(o_save_s=-1.0)
+
+
+# -- the checkpoint strategy (issue #9: the planner models what MFU/SSU save and lose) ---------------------
+
+
+def test_mfu_saves_cheaply_and_more_often_and_the_loss_factor_tightens_the_pls_bound() -> None:
+    # The §1.6 example with MFU: a partial save costs a tenth of a full one and leaves out 10% of the updates.
+    costs = dataclasses.replace(PAPER_COSTS, o_save_partial_s=30.0, uncovered=0.1)
+    full_saves = plan(paper_inputs(mode="partial", measurements=costs))
+    mfu = plan(paper_inputs(mode="partial", measurements=costs, strategy="mfu", full_every=4))
+    factor = 1 + 0.1 * 3
+    assert mfu.interval_s == pytest.approx(full_saves.interval_s / factor)
+    assert mfu.expected_pls == pytest.approx(0.02)  # still exactly the target, with what is left out counted
+    mean_save = (300.0 + 3 * 30.0) / 4
+    assert mfu.partial.overhead_fraction == pytest.approx(
+        mean_save / mfu.interval_s + (300.0 + 600.0) / T_FAIL)
+    assert mfu.expected_overhead_fraction < full_saves.expected_overhead_fraction  # CPR's point
+    assert "mfu, full every 4" in mfu.reason and "loss factor 1 + 0.1*(4-1) = 1.3" in mfu.reason
+
+
+def test_unmeasured_partial_costs_are_assumed_no_cheaper_and_uniformly_accessed() -> None:
+    inputs = paper_inputs(mode="partial", strategy="ssu", full_every=3, partial_fraction=0.25)
+    schedule = inputs.save_schedule()
+    assert schedule.o_save_s == pytest.approx(300.0)  # a partial save counted as a full one's
+    assert schedule.loss_factor == pytest.approx(1 + 0.75 * 2)  # 75% of the updates left out
+    assert any("not measured yet" in note for note in schedule.notes)
+    assert inputs.save_schedule() == dataclasses.replace(inputs, strategy="ssu").save_schedule()
+
+
+def test_full_strategy_and_full_recovery_ignore_the_partial_model() -> None:
+    costs = dataclasses.replace(PAPER_COSTS, o_save_partial_s=1.0, uncovered=0.9)
+    assert paper_inputs(measurements=costs).save_schedule().loss_factor == 1.0
+    full_mode = plan(paper_inputs(mode="full", measurements=costs, strategy="mfu"))
+    assert full_mode.interval_s == pytest.approx(young_interval(300.0, T_FAIL))  # rounds are full saves
+
+
+def test_the_floor_is_a_whole_save_once_its_write_is_measured() -> None:
+    m = Measurements(o_save_s=0.5, o_load_s=1.0, o_res_s=1.0, save_duration_s=4.0)
+    decision = plan(job_inputs(mode="partial", measurements=m, min_interval_s=0.1,
+                               mtbf_prior_hours_per_replica=0.0001))
+    assert decision.floor_s == pytest.approx(8.0) and decision.interval_s == pytest.approx(8.0)
+    assert "save floor" in decision.reason
+
+
+def test_strategy_inputs_come_from_the_spec() -> None:
+    spec = TrainingJobSpec.model_validate({"recovery": {"checkpoint": {"strategy": "mfu", "fullEvery": 5,
+                                                                       "hotFraction": 0.2}}})
+    inputs = TuningInputs.from_spec(spec)
+    assert (inputs.strategy, inputs.full_every, inputs.partial_fraction) == ("mfu", 5, 0.2)

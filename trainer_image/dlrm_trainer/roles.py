@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import resource
 import threading
 import time
@@ -47,9 +48,10 @@ def _serve_until_stopped(renv: ReplicaEnv, coord: Coordination, heartbeat: Heart
 
 
 def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_server.ShardTables,
-                  store: checkpoint.CheckpointStore) -> None:
-    """Load this shard's latest intact checkpoint (CPR: only the failed shard reloads) and count the
-    samples whose updates to this shard were lost since that checkpoint (PLS)."""
+                  store: checkpoint.CheckpointStore) -> checkpoint.LoadReport:
+    """Load this shard's latest intact checkpoint (CPR: only the failed shard reloads) and record what was
+    restored beside the failure point, from which the coordinator counts the lost samples (PLS,
+    ``core.accounting``): the same record on both backends."""
     spec = renv.spec
     full_recovery = coord.recovery_mode() == "full"
     if full_recovery and renv.generation > 0:
@@ -61,19 +63,26 @@ def restore_shard(renv: ReplicaEnv, coord: Coordination, tables: embedding_serve
     else:
         report = checkpoint.load_latest(store, renv.rank, tables, coord)
     trained = coord.total_samples(spec.replicas.trainer.replicas)
-    lost = 0
-    if trained > 0 and not full_recovery:
-        # A replacement mid-job: this shard's updates from samples between the restored checkpoint and
-        # the failure are gone. Updates sent after the failure were retried against this replacement.
-        mine = [f for f in coord.failures() if f.get("role") == renv.role.value and f.get("rank") == renv.rank]
-        failed_at = int(mine[-1].get("samples", trained)) if mine else trained
-        restored_at = report.progress or 0
-        lost = max(0, failed_at - restored_at) // spec.replicas.embedding_server.replicas
-        coord.add_lost_samples(lost)
-    coord.record_recovery(renv.name, renv.instance, loaded=list(report.loaded), lost_samples=lost,
-                          description=report.describe(), fallback=bool(report.skipped), duration_s=report.duration_s,
-                          samples_at_start=trained, restored_progress=report.progress)
-    log.info("%s: %s; %d samples' updates lost", renv.name, report.describe(), lost)
+    # The failure this incarnation replaces: updates from samples between what was restored and that
+    # point are gone (updates sent after it were retried against this replacement).
+    mine = [f for f in coord.failures() if f.get("role") == renv.role.value and f.get("rank") == renv.rank]
+    failed_at = int(mine[-1].get("samples", trained)) if mine and renv.generation > 0 else None
+    coord.record_recovery(renv.name, renv.instance, loaded=list(report.loaded), description=report.describe(),
+                          fallback=bool(report.skipped), duration_s=report.duration_s, samples_at_start=trained,
+                          restored_progress=report.progress, base_progress=report.base_progress,
+                          uncovered=round(report.uncovered, 6), failed_at=failed_at,
+                          mode="full" if full_recovery else "partial")
+    log.info("%s: %s (failed at %s samples)", renv.name, report.describe(), failed_at)
+    return report
+
+
+def _save_clock(renv: ReplicaEnv, restored: checkpoint.LoadReport) -> float | None:
+    """When the shard was last saved, for the job's checkpoint schedule: the restored checkpoint's time; a
+    job's first servers start the clock now (nothing to protect yet); a replacement that found no checkpoint
+    has lost everything its shard learnt, so its first save is due at once (None)."""
+    if restored.saved_unix is not None:
+        return restored.saved_unix
+    return time.time() if renv.generation == 0 else None
 
 
 def restored_part(coord: Coordination, member: str) -> str | None:
@@ -95,7 +104,7 @@ def run_embedding_server(renv: ReplicaEnv) -> int:
     tables = embedding_server.ShardTables.initialise(
         spec.model.rows(), spec.model.embedding_dim, num_shards, renv.rank, spec.data.seed)
     store = checkpoint.open_store(renv.checkpoint_location)
-    restore_shard(renv, coord, tables, store)
+    restored = restore_shard(renv, coord, tables, store)
     shard = embedding_server.EmbeddingShard(tables, num_shards, renv.rank, spec.training.embedding_learning_rate)
     trainers = spec.replicas.trainer.replicas
 
@@ -107,7 +116,7 @@ def run_embedding_server(renv: ReplicaEnv) -> int:
     saver = checkpoint.BackgroundCheckpointer(
         shard, writer, spec.recovery.checkpoint, checkpoint.tuned_interval(spec.recovery.checkpoint, coord),
         progress=lambda: coord.total_samples(trainers), on_error=on_error, seed=spec.data.seed + renv.rank,
-        periodic=_in_full_mode(coord),
+        periodic=_in_full_mode(coord), last_saved_unix=_save_clock(renv, restored),
     ).start()
 
     def save_round(round_id: int, cursor: int) -> None:
@@ -196,6 +205,22 @@ def run_sync_server(renv: ReplicaEnv) -> int:
     return _serve_until_stopped(renv, coord, heartbeat, server.port, stop)
 
 
+EMULATED_SYNC_RTT_ENV = "TJ_EMULATED_SYNC_RTT_MS"
+
+
+def _emulated_rtt_s() -> float:
+    """For experiments: ``TJ_EMULATED_SYNC_RTT_MS`` (set through ``replicas.trainer.env``) adds that round trip
+    to every trainer <-> sync-server call, to compare ShadowSync with foreground sync over a slower network."""
+    raw = os.environ.get(EMULATED_SYNC_RTT_ENV, "")
+    try:
+        value = float(raw) / 1000.0 if raw else 0.0
+    except ValueError:
+        raise ConfigError(f"{EMULATED_SYNC_RTT_ENV} must be a number of milliseconds, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{EMULATED_SYNC_RTT_ENV} must not be negative, got {raw!r}")
+    return value
+
+
 def _resolver(coord: Coordination, role: Role, rank: int) -> Callable[[], str | None]:
     def resolve() -> str | None:
         member = coord.member(role.value, rank)
@@ -243,7 +268,7 @@ def run_trainer(renv: ReplicaEnv) -> int:
                           peer=f"{Role.EMBEDDING_SERVER.value}-{r}")
                    for r in range(spec.replicas.embedding_server.replicas)]
     sync_client = Client(sync_server.SERVICE, _resolver(coord, Role.SYNC_SERVER, 0), wait_s,
-                         peer=f"{Role.SYNC_SERVER.value}-0")
+                         peer=f"{Role.SYNC_SERVER.value}-0", emulated_rtt_s=_emulated_rtt_s())
     device = choose_device(spec.training.device)
     try:
         source = data_source(spec)

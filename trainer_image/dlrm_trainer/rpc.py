@@ -120,12 +120,28 @@ class PeerReplaced(Exception):
     """The peer a call waits on has been replaced (a new endpoint is registered): retry there."""
 
 
+class _Delay(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Waits ``seconds`` before every call leaves: an emulated network round trip (``tc netem`` is not
+    available where the benchmarks run, so the delay is added in user space, on the calling thread, as a
+    slower network would hold that thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any,
+                              request: Any) -> Any:
+        time.sleep(self.seconds)
+        return continuation(client_call_details, request)
+
+
 class Client:
-    """Calls one server. ``resolve`` re-reads the endpoint (from Redis) after the peer was replaced."""
+    """Calls one server. ``resolve`` re-reads the endpoint (from Redis) after the peer was replaced.
+    ``emulated_rtt_s`` delays every call by that much (benchmarks: network latency without netem)."""
 
     def __init__(self, service: str, resolve: Callable[[], str | None], deadline_s: float = 60.0,
-                 peer: str = "") -> None:
+                 peer: str = "", emulated_rtt_s: float = 0.0) -> None:
         self.service = service
+        self.emulated_rtt_s = emulated_rtt_s
         self.peer = peer or service  # who is called, for "waiting for embedding-server-1"
         self._resolve = resolve
         self.deadline_s = deadline_s  # how long a call waits for an unavailable (replaced) peer
@@ -148,6 +164,8 @@ class Client:
                 self._channel.close()
                 self.reconnects += 1
             self._channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            if self.emulated_rtt_s > 0:
+                self._channel = grpc.intercept_channel(self._channel, _Delay(self.emulated_rtt_s))
             self._endpoint = endpoint
         self._stale = False
         return self._channel

@@ -20,14 +20,19 @@ log = logging.getLogger("dlrm_trainer.sync_server")
 
 SERVICE = "tj.SyncServer"
 STALENESS_S = 10.0  # a trainer silent this long no longer counts toward MA/BMUF averages
+ROUND_WAIT_S = 5.0  # an MA/BMUF round closes without a trainer that has not come by then
 
 
 class SyncService:
-    def __init__(self, trainers: int, block_momentum: float | None, block_lr: float) -> None:
+    def __init__(self, trainers: int, block_momentum: float | None, block_lr: float,
+                 round_wait_s: float = ROUND_WAIT_S) -> None:
         self.state = algo.CentralState()
         self.trainers = trainers
         self.block_momentum = block_momentum
         self.block_lr = block_lr
+        self.ma = algo.AveragingRounds(self.state, STALENESS_S, round_wait_s, algo.ma_close)
+        self.bmuf = algo.AveragingRounds(self.state, STALENESS_S, round_wait_s,
+                                         algo.bmuf_close(block_momentum, block_lr, trainers))
 
     def exchange(self, request: Message) -> Message:
         x_i = request.tensors["params"]
@@ -37,13 +42,10 @@ class SyncService:
         if algorithm == "easgd":
             d = algo.easgd_server(self.state, x_i, float(meta["alpha"]))
             return Message({"delta": d}, {"exchanges": self.state.exchanges})
-        if algorithm == "ma":
-            mean = algo.ma_server(self.state, rank, x_i, now, STALENESS_S)
-            return Message({"target": mean}, {"exchanges": self.state.exchanges, "version": self.state.exchanges})
-        if algorithm == "bmuf":
-            start, version = algo.bmuf_server(self.state, rank, x_i, now, STALENESS_S, self.trainers,
-                                              self.block_momentum, self.block_lr)
-            return Message({"target": start}, {"exchanges": self.state.exchanges, "version": version})
+        if algorithm in ("ma", "bmuf"):
+            rounds = self.ma if algorithm == "ma" else self.bmuf
+            target, version = rounds.exchange(rank, x_i, now, leaving=bool(meta.get("leaving", False)))
+            return Message({"target": target}, {"exchanges": self.state.exchanges, "version": version})
         raise ValueError(f"unknown sync algorithm {algorithm!r}")
 
     def pull(self, request: Message) -> Message:
@@ -90,7 +92,9 @@ class DenseCheckpointer(threading.Thread):
 
 def serve(service: SyncService, host: str = "0.0.0.0", port: int = 0,
           extra: Mapping[str, Callable[[Message], Message]] | None = None) -> Server:
+    # MA/BMUF exchanges wait in a round for every trainer: each needs a worker thread of its own, with room
+    # for Pull and checkpoint-round calls beside them.
     server = Server(SERVICE, {"Exchange": service.exchange, "Pull": service.pull, **(extra or {})}, host, port,
-                    workers=8)
+                    workers=max(8, 2 * service.trainers + 4))
     server.start()
     return server

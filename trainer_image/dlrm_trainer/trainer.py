@@ -27,8 +27,8 @@ from dlrm_trainer.data.batch import Batch, feature_keys
 from dlrm_trainer.metrics import StreamingEval
 from dlrm_trainer.model import DenseDLRM, Fetched, RemoteEmbeddings, flatten_parameters
 from dlrm_trainer.rpc import Client, Message
-from dlrm_trainer.sources import DataSource
-from trainingjob_operator.api.spec import SyncMode, TrainingJobSpec
+from dlrm_trainer.sources import DataSource, common_cursor_limit, epoch_batches
+from trainingjob_operator.api.spec import SyncMode, TrainingJobSpec, warmup_steps
 from trainingjob_operator.coordination import Coordination, Progress
 
 log = logging.getLogger("dlrm_trainer.trainer")
@@ -166,6 +166,8 @@ class Trainer:
         self.counters = Counters()
         self.stop = threading.Event()
         self.sync_version = -1
+        self._exchange_lock = threading.Lock()
+        self.warmup_steps = warmup_steps(spec)
         self.errors: list[BaseException] = []
         self._joined_round = 0
         self._started_at = self._last_round_at = time.monotonic()
@@ -182,23 +184,27 @@ class Trainer:
             return True
         return False
 
-    def exchange(self) -> None:
-        """One ShadowSync exchange of the live replica with the sync server."""
+    def exchange(self, leaving: bool = False) -> None:
+        """One ShadowSync exchange of the live replica with the sync server. One at a time per trainer: two
+        Hogwild workers exchanging at once (foreground mode) would apply an MA/BMUF answer twice (at two
+        trainers a replica simply became its peer). ``leaving``: the last one, its data is done."""
         assert self.sync_client is not None
         sync = self.spec.training.sync
-        started = time.monotonic()
-        snapshot = self.flat.detach().clone()
-        reply = self.sync_client.call("Exchange", Message(
-            {"params": snapshot}, {"algorithm": sync.algorithm.value, "rank": self.rank, "alpha": sync.elastic_alpha}))
-        with torch.no_grad():
-            if sync.algorithm == "easgd":
-                algo.easgd_trainer(self.flat, reply.tensors["delta"])
-            elif sync.algorithm == "ma" or int(reply.meta["version"]) != self.sync_version:
-                algo.replace_keeping_progress(self.flat, snapshot, reply.tensors["target"])
-            self.sync_version = int(reply.meta.get("version", -1))
-        with self.counters.lock:
-            self.counters.syncs += 1
-            self.counters.sync_seconds += time.monotonic() - started
+        with self._exchange_lock:
+            started = time.monotonic()
+            snapshot = self.flat.detach().clone()
+            reply = self.sync_client.call("Exchange", Message(
+                {"params": snapshot}, {"algorithm": sync.algorithm.value, "rank": self.rank,
+                                       "alpha": sync.elastic_alpha, "leaving": leaving}))
+            with torch.no_grad():
+                if sync.algorithm == "easgd":
+                    algo.easgd_trainer(self.flat, reply.tensors["delta"])
+                elif sync.algorithm == "ma" or int(reply.meta["version"]) != self.sync_version:
+                    algo.replace_keeping_progress(self.flat, snapshot, reply.tensors["target"])
+                self.sync_version = int(reply.meta.get("version", -1))
+            with self.counters.lock:
+                self.counters.syncs += 1
+                self.counters.sync_seconds += time.monotonic() - started
 
     def _shadow_loop(self) -> None:
         period = self.spec.training.sync.min_interval_seconds
@@ -218,7 +224,7 @@ class Trainer:
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(self.device))
         *dense_grads, row_grad = torch.autograd.grad(loss, [*self.params, fetched.rows])
         grad = torch.cat([g.reshape(-1) for g in dense_grads])
-        lr = warmed_up(self.spec.training.dense_learning_rate, self.counters.steps, self.spec.training.warmup_steps)
+        lr = warmed_up(self.spec.training.dense_learning_rate, self.counters.steps, self.warmup_steps)
         with torch.no_grad():  # Hogwild: no lock around the shared replica
             self.adagrad.addcmul_(grad, grad)
             self.flat.addcdiv_(grad, self.adagrad.sqrt().add_(ADAGRAD_EPS), value=-lr)
@@ -317,7 +323,8 @@ class Trainer:
         # that the cursors it was computed from (reported every progress tick) have not moved past it.
         lead = math.ceil(batches_per_s * (ROUND_POLL_S * 3 + self.spec.training.progress_every_seconds)) + \
             self.spec.training.hogwild_threads
-        per_trainer = self.spec.data.train_samples // (self.trainers * self.spec.data.batch_size)
+        data = self.spec.data
+        per_trainer = common_cursor_limit(self.source, self.trainers, data.batch_size, data.train_samples, data.epochs)
         cursor = rounds.next_round_cursor([p.cursor for p in progress.values()], lead, per_trainer - lead)
         if cursor is None:
             return
@@ -332,8 +339,8 @@ class Trainer:
 
     def train(self, start_cursor: int = 0, resumed_samples: int = 0) -> dict:
         spec = self.spec
-        batches = self.source.train_batches(self.rank, self.trainers, start_cursor, spec.data.batch_size,
-                                            spec.data.train_samples)
+        batches = epoch_batches(self.source, self.rank, self.trainers, start_cursor, spec.data.batch_size,
+                                spec.data.train_samples, spec.data.epochs)
         reader = ShardReader(batches, start_cursor, workers=spec.training.hogwild_threads)
         self.counters.samples = resumed_samples
         started = time.monotonic()
@@ -367,7 +374,7 @@ class Trainer:
             raise RuntimeError(f"worker thread failed: {self.errors[0]!r}") from self.errors[0]
         wall = time.monotonic() - started
         if self.sync_client is not None and spec.training.sync.mode is not SyncMode.NONE:
-            self.exchange()  # one last exchange so the final replica reflects the others
+            self.exchange(leaving=True)  # one last exchange so the final replica reflects the others
         self._report(reader, started, done=True)
         trained = self.counters.samples - resumed_samples
         return {

@@ -111,6 +111,11 @@ class SyntheticDataSpec(ApiModel):
     teacher_scale: float = Field(
         default=1.0, gt=0.0, le=10.0, description="Strength of the teacher's logits: higher gives a higher AUC ceiling."
     )
+    tail_signal: float = Field(
+        default=0.0, ge=0.0, le=10.0,
+        description="How much the long tail of each table matters: the per-id signal the rows outside a table's "
+        "hottest 1% carry, as a multiple of what its hottest 1% carry. 0: the original teacher (the tail carries "
+        "~0.1%, so losing its updates costs nothing); 0.5: the CPR benchmarks' harder teacher.")
 
 
 class DataSpec(ApiModel):
@@ -119,10 +124,19 @@ class DataSpec(ApiModel):
     source: Literal["synthetic", "criteo"] = Field(
         default="synthetic", description="synthetic (deterministic generator) or criteo (Kaggle/Terabyte TSV)."
     )
-    path: str | None = Field(default=None, description="Criteo TSV file or directory; required for criteo.")
-    eval_path: str | None = Field(default=None, description="Held-out Criteo TSV; default: the tail of path.")
+    path: str | None = Field(
+        default=None, description="Criteo TSV file or directory (its files in natural order: day_2 before day_10); "
+        "required for criteo.")
+    eval_path: str | None = Field(
+        default=None, description="Held-out Criteo TSV file or directory, sharing no file with path. Default: the "
+        "last file of a path directory, or else the last evalSamples lines of the path file; training never reads "
+        "them.")
     seed: int = Field(default=0, ge=0, description="Seed of the generator and of model initialisation.")
-    train_samples: int = Field(default=2_000_000, ge=1, description="Samples to train on, all trainers together.")
+    train_samples: int = Field(
+        default=2_000_000, ge=1, description="Samples to train on per epoch, all trainers together.")
+    epochs: int = Field(
+        default=1, ge=1, description="Passes each trainer makes over its part of the training data; every pass "
+        "trains on the same samples, so the job trains on trainSamples * epochs samples.")
     eval_samples: int = Field(default=100_000, ge=1, description="Held-out samples for the final evaluation.")
     batch_size: int = Field(default=1024, ge=1, le=1_048_576, description="Samples per mini-batch per worker thread.")
     synthetic: SyntheticDataSpec = Field(default_factory=SyntheticDataSpec)
@@ -132,6 +146,11 @@ class DataSpec(ApiModel):
         if self.source == "criteo" and not self.path:
             raise ValueError("path is required when source is criteo")
         return self
+
+    @property
+    def planned_samples(self) -> int:
+        """Samples the whole job trains on: trainSamples in each of its epochs."""
+        return self.train_samples * self.epochs
 
 
 class SyncAlgorithm(enum.StrEnum):
@@ -172,9 +191,10 @@ class TrainingSpec(ApiModel):
     dense_learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
     embedding_learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
     hogwild_threads: int = Field(default=2, ge=1, le=64, description="Worker threads sharing one dense replica.")
-    warmup_steps: int = Field(
-        default=1000, ge=0, description="Dense learning rate ramps up linearly over this many steps per trainer: "
-        "Adagrad's first steps are sign-like and otherwise kill the bottom MLP's last ReLU units.")
+    warmup_steps: int | None = Field(
+        default=None, ge=0, description="Dense learning rate ramps up linearly over this many steps per trainer: "
+        "Adagrad's first steps are sign-like and otherwise kill the bottom MLP's last ReLU units. Unset: half "
+        "of each trainer's steps, at most 1000 (a short job would otherwise never leave its warmup).")
     sync: SyncSpec = Field(default_factory=SyncSpec)
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the dense part runs; auto uses CUDA when a GPU is present."
@@ -409,6 +429,15 @@ class RedisSpec(ApiModel):
         if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"must start with redis://, rediss:// or unix://, got {url!r}")
         return url
+
+
+def warmup_steps(spec: TrainingJobSpec) -> int:
+    """The dense learning rate's warmup, in steps of one trainer: ``training.warmupSteps``, or half of a
+    trainer's steps (its worker threads' batches of all epochs), at most 1000."""
+    if spec.training.warmup_steps is not None:
+        return spec.training.warmup_steps
+    steps = spec.data.planned_samples // (spec.replicas.trainer.replicas * spec.data.batch_size)
+    return min(1000, steps // 2)
 
 
 class TrainingJobSpec(ApiModel):

@@ -53,12 +53,23 @@ class FailureRecord(ApiModel):
     time: str
 
 
+class SaveCostStatus(ApiModel):
+    """What one full save costs training (the tuner's o_save): stall + write x writeSlowdown."""
+
+    stall_seconds: float | None = None
+    write_seconds: float | None = None
+    write_slowdown: float | None = None
+    seconds: float | None = None
+
+
 class RecoveryStatus(ApiModel):
     mode: str | None = None
     generation: int = 0
     failures: int = 0
     last_failure: FailureRecord | None = None
     interval_seconds: float | None = None
+    interval_reason: str | None = None  # why the tuner chose that interval (and mode, under auto)
+    save_cost: SaveCostStatus | None = None
     pls: float | None = None
     last_checkpoint: str | None = None
 

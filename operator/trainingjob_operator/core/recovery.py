@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainingjob_operator.api.spec import RecoveryMode, Role, TrainingJobSpec
+from trainingjob_operator.core.costs import Trace, save_costs, write_slowdown, write_windows
 from trainingjob_operator.reconcile import CreateReason, CreateReplica, RecordFailure
 from trainingjob_operator.tuning import FailureObservation, Measurements, TuningInputs
 
@@ -106,23 +107,39 @@ def trainer_rollbacks(actions: Sequence[object], mode: RecoveryMode,
             if isinstance(a, CreateReplica) and a.reason is CreateReason.REPLACEMENT and a.id.role is Role.TRAINER}
 
 
-def measurements(costs: Mapping[str, Sequence[float]], samples_per_second: float | None) -> Measurements:
-    """The tuner's cost inputs: the median of each measured cost (robust to one slow save)."""
+def measurements(costs: Mapping[str, Sequence[float]], samples_per_second: float | None,
+                 checkpoint_log: Sequence[Mapping[str, Any]] = (),
+                 traces: Mapping[int, Trace] | None = None) -> Measurements:
+    """The tuner's cost inputs: medians of each measured cost (robust to one slow save), with a save's cost
+    the training time it loses (``core.costs``: stall + write x the throughput slowdown while it runs), and
+    the share of updates partial saves left out (the checkpoint log's ``uncovered``)."""
     def median(name: str) -> float | None:
         values = costs.get(name) or ()
         return statistics.median(values) if values else None
 
-    return Measurements(o_save_s=median("o_save"), o_load_s=median("o_load"), o_res_s=median("o_res"),
-                        samples_per_second=samples_per_second)
+    saves = save_costs(costs, write_slowdown(traces or {}, write_windows(checkpoint_log)))
+    full = saves["full"]
+    left_out = [float(e["uncovered"]) for e in checkpoint_log
+                if e.get("kind") in ("mfu", "ssu") and isinstance(e.get("uncovered"), int | float)]
+    return Measurements(
+        o_save_s=full.seconds, o_load_s=median("o_load"), o_res_s=median("o_res"),
+        samples_per_second=samples_per_second, o_save_partial_s=saves["partial"].seconds,
+        save_duration_s=None if full.stall_s is None else full.stall_s + (full.write_s or 0.0),
+        uncovered=statistics.median(left_out) if left_out else None,
+        save_stall_s=full.stall_s, save_write_s=full.write_s, write_slowdown=full.slowdown)
 
 
 def tuning_inputs(spec: TrainingJobSpec, *, costs: Mapping[str, Sequence[float]],
-                  failure_log: Sequence[Mapping[str, Any]], started: float, now: float, lost_samples: int, samples: int,
-                  samples_per_second: float | None) -> TuningInputs:
-    """Everything the interval tuner needs, from what the failure log and the cost lists hold."""
+                  failure_log: Sequence[Mapping[str, Any]], started: float, now: float, lost_samples: float,
+                  samples: int, samples_per_second: float | None, checkpoint_log: Sequence[Mapping[str, Any]] = (),
+                  traces: Mapping[int, Trace] | None = None) -> TuningInputs:
+    """Everything the interval tuner needs, from what the failure log and the cost lists hold. The measured
+    PLS is a portion of the job's samples (at least its planned ones): lost samples over the samples trained
+    so far would make two early failures look like a spent budget and flip ``auto`` to full recovery."""
     failures = [FailureObservation(role=str(f["role"]), rank=int(f["rank"]),
                                    time_s=max(0.0, float(f["time"]) - started))
                 for f in failure_log if {"role", "rank", "time"} <= f.keys()]
+    planned = max(samples, spec.data.planned_samples)
     return TuningInputs.from_spec(
-        spec, measurements=measurements(costs, samples_per_second), failures=failures,
-        observed_seconds=max(0.0, now - started), measured_pls=lost_samples / samples if samples > 0 else None)
+        spec, measurements=measurements(costs, samples_per_second, checkpoint_log, traces), failures=failures,
+        observed_seconds=max(0.0, now - started), measured_pls=lost_samples / planned if planned > 0 else None)

@@ -54,6 +54,7 @@ from trainingjob_operator.k8s.reporting import (
     merge_patch,
     phase_event,
     render_status,
+    save_cost_status,
     summarize_progress,
 )
 from trainingjob_operator.reconcile import (
@@ -72,7 +73,7 @@ from trainingjob_operator.reconcile import (
     reconcile,
     set_condition,
 )
-from trainingjob_operator.tuner import plan_interval
+from trainingjob_operator.tuner import lost_samples, plan_interval
 
 JobKey = tuple[str, str]  # (namespace, name)
 T = TypeVar("T")
@@ -148,12 +149,12 @@ def read_progress(coord: Coordination, spec: TrainingJobSpec) -> RedisView:
     trainers = spec.replicas.count(Role.TRAINER)
     progress = coord.all_progress(trainers)
     results = {rank: r for rank in range(trainers) if (r := coord.result(rank)) is not None}
-    summary = summarize_progress(progress, results, spec.data.train_samples)
-    lost = coord.lost_samples()
+    summary = summarize_progress(progress, results, spec.data.planned_samples)
+    lost = lost_samples(coord, spec)
     shards = [_checkpoint_time(coord.checkpoint_pointer(s)) for s in range(spec.replicas.count(Role.EMBEDDING_SERVER))]
     # The job as a whole is restorable to the oldest of its shards' latest checkpoints.
     last = iso(min(t for t in shards if t is not None)) if shards and all(t is not None for t in shards) else None
-    pls = lost / summary.samples if summary.samples else None
+    pls = min(1.0, lost / summary.samples) if summary.samples else None
     return RedisView(summary, round(pls, 6) if pls is not None else None, last)
 
 
@@ -442,8 +443,10 @@ class JobCoordinator:
             interval_s=round(self.plan.interval_s, 3) if self.plan is not None else None,
             pls=view.pls if view is not None else None,
             last_checkpoint=view.last_checkpoint if view is not None else None,
+            interval_reason=self.plan.reason if self.plan is not None else None,
+            save_cost=save_cost_status(self.plan.measurements) if self.plan is not None else None,
         )
-        target = self.job.spec.data.train_samples
+        target = self.job.spec.data.planned_samples
         progress = view.progress if view is not None else ProgressStatus(target_samples=target)
         status = render_status(decision, progress=progress, recovery=facts,
                                observed_generation=self.body["metadata"].get("generation"))

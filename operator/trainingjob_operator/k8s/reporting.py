@@ -19,10 +19,12 @@ from trainingjob_operator.api.status import (
     Phase,
     ProgressStatus,
     RecoveryStatus,
+    SaveCostStatus,
     TrainingJobStatus,
 )
 from trainingjob_operator.coordination import waiting_for
 from trainingjob_operator.reconcile import Decision, FailureEvent, JobMemory, ReplicaId, iso
+from trainingjob_operator.tuning import Measurements
 
 COORDINATOR_KEY = "coordinator"
 # Top-level status keys this operator owns; anything else under status is left alone.
@@ -103,6 +105,20 @@ class RecoveryFacts:
     interval_s: float | None = None
     pls: float | None = None
     last_checkpoint: str | None = None
+    interval_reason: str | None = None
+    save_cost: SaveCostStatus | None = None
+
+
+def save_cost_status(m: Measurements) -> SaveCostStatus | None:
+    """The tuner's o_save and what it is made of (``core.costs``), rounded for display."""
+    if m.save_stall_s is None:
+        return None
+
+    def r(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    return SaveCostStatus(stall_seconds=r(m.save_stall_s), write_seconds=r(m.save_write_s),
+                          write_slowdown=r(m.write_slowdown), seconds=r(m.o_save_s))
 
 
 def render_status(
@@ -127,6 +143,8 @@ def render_status(
             last_failure=None if last is None else FailureRecord(
                 role=last.id.role.value, rank=last.id.rank, reason=last.reason, time=iso(last.time)),
             interval_seconds=recovery.interval_s,
+            interval_reason=recovery.interval_reason,
+            save_cost=recovery.save_cost,
             pls=recovery.pls,
             last_checkpoint=recovery.last_checkpoint,
         ),

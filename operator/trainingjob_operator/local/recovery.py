@@ -47,6 +47,7 @@ class RecoveryTracker:
     injected: list[tuple[float, Injection]] = field(default_factory=list)  # (time since start, what)
     failures: list[FailureRecord] = field(default_factory=list)
     intervals: list[IntervalChange] = field(default_factory=list)
+    last_decision: IntervalDecision | None = None
 
     def injection_for(self, name: str, detected_s: float) -> float | None:
         """The latest injection into this replica before its failure was detected."""
@@ -57,14 +58,26 @@ class RecoveryTracker:
         return [f for f in self.failures if f.recovered_after_s is None]
 
     def note_interval(self, elapsed_s: float, decision: IntervalDecision) -> None:
+        self.last_decision = decision
         last = self.intervals[-1] if self.intervals else None
         if last is None or abs(last.interval_s - decision.interval_s) > 1e-6 or last.mode != decision.mode_chosen:
             self.intervals.append(IntervalChange(round(elapsed_s, 3), decision.interval_s, decision.mode_chosen,
                                                  decision.reason))
 
     def to_summary(self) -> dict[str, Any]:
+        decision = self.last_decision
+        m = decision.measurements if decision is not None else None
         return {
             "injected": [{"time_s": round(t, 3), "role": i.role, "rank": i.rank, "signal": i.signal}
                          for t, i in self.injected],
             "interval_history": [vars(c) for c in self.intervals],
+            "interval": None if decision is None else {
+                "seconds": round(decision.interval_s, 3), "mode": decision.mode_chosen, "reason": decision.reason,
+                "expected_pls": round(decision.expected_pls, 6),
+                "expected_overhead_fraction": round(decision.expected_overhead_fraction, 6),
+                "floor_s": round(decision.floor_s, 3)},
+            # What a full save costs training (the tuner's o_save) and what it is made of (core.costs).
+            "save_cost": None if m is None else {
+                "stall_s": m.save_stall_s, "write_s": m.save_write_s, "write_slowdown": m.write_slowdown,
+                "o_save_s": m.o_save_s, "partial_o_save_s": m.o_save_partial_s, "uncovered": m.uncovered},
         }

@@ -22,7 +22,7 @@ def _mean(values: list[float]) -> float | None:
 def build_summary(
     *, job: TrainingJob, status: str, started: float, ended: float, results: dict[int, dict[str, Any]],
     history: dict[str, list[Incarnation]], restarts: dict[str, int], failures: list[FailureRecord],
-    conditions: list[dict[str, Any]], lost_samples: int, recovery: dict[str, Any] | None = None,
+    conditions: list[dict[str, Any]], lost_samples: float, recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     recovery = dict(recovery or {})
     trainers = [results[r] for r in sorted(results)]
@@ -43,6 +43,7 @@ def build_summary(
     stalls = [float(s) for s in recovery.pop("o_save_s", [])]
     checkpoint = {
         "saves": len(recovery.get("checkpoints", [])),
+        "cost": recovery.pop("save_cost", None),
         "stall_seconds_total": round(sum(stalls), 3),
         # Each shard stalls only its own RPCs; per-shard stall time over training time.
         "overhead_fraction": round(sum(stalls) / n_emb / train_wall, 5) if train_wall > 0 else None,
@@ -55,7 +56,7 @@ def build_summary(
         "namespace": job.namespace,
         "status": status,
         "samples": samples,
-        "target_samples": job.spec.data.train_samples,
+        "target_samples": job.spec.data.planned_samples,
         "auc": _mean([float(t["auc"]) for t in trainers if "auc" in t]),
         "logloss": _mean([float(t["log_loss"]) for t in trainers if "log_loss" in t]),
         "normalized_entropy": _mean([float(t["normalized_entropy"]) for t in trainers if "normalized_entropy" in t]),
@@ -72,8 +73,9 @@ def build_summary(
         "peak_rss_mb_by_role": {k: round(v, 1) for k, v in sorted(peak_by_role.items())},
         "replicas": replicas,
         "failures": [dataclasses.asdict(f) for f in failures],
-        "lost_samples": lost_samples,
-        "pls": round(lost_samples / samples, 6) if samples else None,
+        "lost_samples": round(lost_samples),
+        # A portion in [0, 1] (core.accounting): a shard losing the same samples twice counts them once.
+        "pls": round(min(1.0, lost_samples / samples), 6) if samples else None,
         "restarts": {f"{r['role']}-{r['rank']}": r["restarts"] for r in replicas},
         "checkpoint": checkpoint,
         "recovery": recovery,

@@ -23,7 +23,7 @@ import psutil
 from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination, waiting_for
-from trainingjob_operator.core import contract
+from trainingjob_operator.core import accounting, contract
 from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.local.injection import Injection, due
@@ -42,7 +42,7 @@ from trainingjob_operator.reconcile import (
     desired_replicas,
     reconcile,
 )
-from trainingjob_operator.tuner import plan_interval
+from trainingjob_operator.tuner import lost_samples, plan_interval
 
 log = logging.getLogger("trainingjob.local")
 
@@ -270,7 +270,7 @@ class LocalSupervisor:
         losses = [p.loss for p in progress.values() if p.loss is not None]
         return Snapshot(
             phase=self.memory.phase, elapsed_s=time.time() - self.started,
-            samples=sum(p.samples for p in progress.values()), target_samples=self.spec.data.train_samples,
+            samples=sum(p.samples for p in progress.values()), target_samples=self.spec.data.planned_samples,
             samples_per_second=sum(rates) if rates else None, loss=sum(losses) / len(losses) if losses else None,
             failures=self.memory.failures, generation=self.memory.generation,
             running=sum(1 for p in self.processes.values() if p.poll() is None),
@@ -324,24 +324,27 @@ class LocalSupervisor:
         from trainingjob_operator.local.summary import build_summary
 
         results: dict[int, dict[str, Any]] = {}
-        lost = 0
+        lost = 0.0
         recovery: dict[str, Any] = self.tracker.to_summary()
         if self.coord is not None:
             with contextlib.suppress(Exception):
                 for rank in range(self.spec.replicas.trainer.replicas):
                     if (r := self.coord.result(rank)) is not None:
                         results[rank] = r
-                lost = self.coord.lost_samples()
+                lost = lost_samples(self.coord, self.spec)
+                shards = self.spec.replicas.embedding_server.replicas
                 for record in self.tracker.failures:
                     replacements = {k: v for k, v in self.coord.recoveries(record.name).items()
                                     if k != record.failed_instance}
                     if replacements:
                         latest = max(replacements.values(), key=lambda v: v["time"])
-                        record.lost_samples = latest.get("lost_samples")
+                        spans = accounting.spans_of(latest)
+                        record.lost_samples = round(sum(s.samples for s in spans) / shards)
                         record.restored = latest.get("description")
                     elif record.role != Role.EMBEDDING_SERVER.value and record.mode == "partial":
                         record.lost_samples = 0  # trainers re-read in-flight batches; the sync server re-seeds
-                recovery.update(checkpoints=self.coord.checkpoints(), o_save_s=self.coord.costs("o_save"),
+                recovery.update(checkpoints=self.coord.checkpoints(),
+                                o_save_s=self.coord.costs("stall_full") + self.coord.costs("stall_partial"),
                                 o_load_s=self.coord.costs("o_load"), checkpoint_errors=self.coord.checkpoint_errors(),
                                 curve=self.coord.curve(), mode=self.mode)
         status = "Interrupted" if self.interrupted else self.memory.phase.value

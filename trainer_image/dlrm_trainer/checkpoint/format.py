@@ -91,6 +91,8 @@ class Manifest:
     stall_s: float
     write_s: float
     format: str = FORMAT
+    access_saved: int = 0  # see SnapshotData: what lost-sample accounting weighs partial chains by
+    access_pending: int = 0
 
     @property
     def id(self) -> str:
@@ -132,6 +134,8 @@ class CheckpointInfo:
     stall_s: float
     write_s: float
     pointer_published: bool = False
+    uncovered: float = 0.0  # of the updates since the chain's full save, the share in no save of it yet
+
 
     @property
     def path(self) -> Path:
@@ -139,7 +143,8 @@ class CheckpointInfo:
         return Path(self.location)
 
     def pointer(self) -> dict[str, Any]:
-        return {"id": self.id, "seq": self.seq, "kind": self.kind, "path": self.location, "time": self.created_unix,
+        return {"id": self.id, "seq": self.seq, "kind": self.kind, "path": self.location, "stall_s": self.stall_s,
+                "write_s": self.write_s, "uncovered": round(self.uncovered, 6), "time": self.created_unix,
                 "rows": self.rows, "bytes": self.bytes, "checksum": self.checksum, "progress": self.progress}
 
 

@@ -42,6 +42,9 @@ class LoadReport:
     progress: int | None
     rows_restored: int
     duration_s: float
+    base_progress: int | None = None  # the chain's full save's progress marker
+    uncovered: float = 0.0  # share of the updates since the base full that no applied partial save holds
+    saved_unix: float | None = None  # when the last applied checkpoint was taken: the shard's save clock
 
     @property
     def found(self) -> bool:
@@ -124,16 +127,14 @@ def load_latest(
                 chosen = (seq, manifest, entry)
                 break
             skipped.append(Skipped(entry, problem or "unusable"))
-    loaded: list[str] = []
+    loaded: list[Manifest] = []
     rows = 0
-    progress: int | None = None
     if chosen is not None:
         seq0, manifest0, entry0 = chosen
         rows = _apply(store, folder, entry0, manifest0, tables)
-        loaded.append(manifest0.id)
-        progress = manifest0.progress
+        loaded.append(manifest0)
         if only is None:
-            rows, progress = _apply_partials(store, folder, entries, seq0, tables, loaded, skipped, rows, progress)
+            rows = _apply_partials(store, folder, entries, seq0, tables, loaded, skipped, rows)
         for access in tables.access:
             access.zero_()
     duration = time.perf_counter() - start
@@ -143,13 +144,25 @@ def load_latest(
         except Exception as e:
             log.warning("shard %d: o_load not recorded: %s", shard, e)
     incomplete = tuple(entry for _, _, entry, complete in entries if not complete)
-    return LoadReport(shard, tuple(loaded), tuple(sorted(skipped, key=lambda s: s.id, reverse=True)), incomplete,
-                      progress, rows, duration)
+    return LoadReport(shard, tuple(m.id for m in loaded), tuple(sorted(skipped, key=lambda s: s.id, reverse=True)),
+                      incomplete, loaded[-1].progress if loaded else None, rows, duration,
+                      base_progress=loaded[0].progress if loaded else None, uncovered=uncovered_share(loaded),
+                      saved_unix=loaded[-1].created_unix if loaded else None)
+
+
+def uncovered_share(chain: list[Manifest]) -> float:
+    """Of the updates counted since the chain's full save, the share no applied partial save holds: the
+    last save's ``access_pending`` over everything counted since the full (each update is either in a later
+    partial's ``access_saved`` or still pending). 0 for a lone full save."""
+    if len(chain) < 2:
+        return 0.0
+    pending = chain[-1].access_pending
+    counted = sum(m.access_saved for m in chain[1:]) + pending
+    return pending / counted if counted > 0 else 0.0
 
 
 def _apply_partials(store: CheckpointStore, folder: str, entries: list[tuple[int, str, str, bool]], base_seq: int,
-                    tables: ShardState, loaded: list[str], skipped: list[Skipped], rows: int,
-                    progress: int | None) -> tuple[int, int | None]:
+                    tables: ShardState, loaded: list[Manifest], skipped: list[Skipped], rows: int) -> int:
     last, broken = base_seq, None
     for seq, kind, entry, complete in entries:
         if seq <= base_seq or not complete or kind == "full":
@@ -166,6 +179,6 @@ def _apply_partials(store: CheckpointStore, folder: str, entries: list[tuple[int
             broken = entry
             continue
         rows += _apply(store, folder, entry, manifest, tables)
-        loaded.append(manifest.id)
-        last, progress = seq, manifest.progress
-    return rows, progress
+        loaded.append(manifest)
+        last = seq
+    return rows

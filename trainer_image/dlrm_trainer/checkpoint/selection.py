@@ -28,14 +28,16 @@ def select_rows(
 
     - ``full``: every row.
     - ``mfu``: the ``ceil(hot_fraction * n)`` rows of each table with the highest access count since
-      they were last saved [R: CPR-MFU saves the top fraction of rows by access count]. Never-accessed
-      rows are left out: their value equals the one last saved. Ties go to the lower row index
-      (stable sort), so the choice is deterministic. The fraction is per table [I]: a global top
-      fraction would let a hot table starve the others until the next full save.
-    - ``ssu``: a uniform sample without replacement of ``ceil(sample_fraction * m)`` of the ``m``
-      rows accessed since last saved [I, per issue #3]. CPR-SSU [R] instead samples *accesses* into
-      a bounded buffer, which favours hot rows and needs no per-row counter; this server keeps the
-      counters anyway (for MFU), so SSU here is the cheap-to-select, hot-agnostic variant.
+      they were last saved [R: CPR-MFU saves the top fraction of rows by access count], ranked with
+      ``topk`` (O(n), not a full sort). Never-accessed rows are left out: their value equals the one last
+      saved. Ties go to the lower row index, so the choice is deterministic. The fraction is per table
+      [I]: a global top fraction would let a hot table starve the others until the next full save.
+    - ``ssu``: ``ceil(sample_fraction * m)`` of the ``m`` rows accessed since last saved, sampled without
+      replacement with probability proportional to their access count (Efraimidis-Spirakis keys). CPR-SSU
+      [R] samples *accesses* into a bounded buffer, which favours hot rows the same way: a row updated
+      100 times is about 100 times as likely to be kept as one updated once. ``sample_fraction`` is thus
+      the share of *accessed rows* a save holds, and the share of *updates* it holds is larger (reported
+      per save as ``access_saved`` / ``access_pending``).
     """
     if strategy == "full":
         return [torch.arange(c.shape[0], dtype=torch.int64) for c in access_counts_per_table]
@@ -47,15 +49,24 @@ def select_rows(
 
 
 def _hottest(counts: torch.Tensor, fraction: float) -> torch.Tensor:
-    k = min(fraction_count(fraction, counts.shape[0]), int((counts > 0).sum()))
-    order = torch.sort(counts, descending=True, stable=True).indices[:k]
-    return order.sort().values
+    n = counts.shape[0]
+    k = min(fraction_count(fraction, n), int((counts > 0).sum()))
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64)
+    # One int64 key per row: the count first, then the lower index on a tie (counts are int32, n < 2**31).
+    key = counts.to(torch.int64) * n + (n - 1 - torch.arange(n, dtype=torch.int64))
+    return torch.topk(key, k, sorted=False).indices.sort().values
 
 
 def _sample_accessed(counts: torch.Tensor, fraction: float, rng: torch.Generator) -> torch.Tensor:
     accessed = torch.nonzero(counts > 0).flatten()
     k = fraction_count(fraction, accessed.numel())
-    return accessed[torch.randperm(accessed.numel(), generator=rng)[:k]].sort().values
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64)
+    # Weighted sampling without replacement: the k smallest Exp(1) / weight keys (Efraimidis-Spirakis).
+    weights = counts.index_select(0, accessed).to(torch.float64)
+    keys = torch.empty(accessed.numel(), dtype=torch.float64).exponential_(generator=rng) / weights
+    return accessed.index_select(0, torch.topk(keys, k, largest=False, sorted=False).indices).sort().values
 
 
 def choose_kind(strategy: str, partials_since_full: int | None, full_every: int) -> Kind:

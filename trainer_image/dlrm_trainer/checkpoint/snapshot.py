@@ -29,6 +29,8 @@ class SnapshotData:
     dim: int
     stall_s: float
     taken_unix: float
+    access_saved: int = 0  # updates counted on the saved rows since each was last saved: now in this save
+    access_pending: int = 0  # updates counted on the rows left out: in no save yet (0 after a full save)
 
     @property
     def num_rows(self) -> int:
@@ -46,20 +48,27 @@ def snapshot(
     counters of the saved rows are zeroed in the same critical section, so they mean "updates since
     this row was last saved" [I]: rows that were accessed but not saved keep counting and rise in the
     next MFU ranking instead of being forgotten, and the saved values include every counted update.
+    The counts on either side of the cut (``access_saved``, ``access_pending``) are what lost-sample
+    accounting needs to weigh the rows a partial save left out.
     """
+    saved = pending = 0
     with lock:
         start = time.perf_counter()
         weights = [_copy_rows(w, r) for w, r in zip(tables.weights, rows_per_table, strict=True)]
         adagrad = [_copy_rows(a, r) for a, r in zip(tables.adagrad, rows_per_table, strict=True)]
         for access, r in zip(tables.access, rows_per_table, strict=True):
+            total = int(access.sum())
             if r.numel() == access.shape[0]:
+                saved += total
                 access.zero_()
             else:
+                in_save = int(access.index_select(0, r).sum()) if r.numel() else 0
+                saved, pending = saved + in_save, pending + total - in_save
                 access.index_fill_(0, r, 0)
         stall_s = time.perf_counter() - start
     dim = int(tables.weights[0].shape[1]) if tables.weights else 0
     return SnapshotData([r.clone() for r in rows_per_table], weights, adagrad,
-                        [int(w.shape[0]) for w in tables.weights], dim, stall_s, time.time())
+                        [int(w.shape[0]) for w in tables.weights], dim, stall_s, time.time(), saved, pending)
 
 
 def _copy_rows(source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from trainingjob_operator.api.spec import CheckpointSpec
 
 log = logging.getLogger("dlrm_trainer.checkpoint")
+_IDLE_POLL_S = 0.2  # a due save of a shard with no new updates looks again this often
 
 
 # -- writer ---------------------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ class CheckpointWriter:
         self._seq = _next_seq(self.store, self.folder)
         self._last_seq: int | None = None
         self._base_seq: int | None = None
+        self._saved_since_base = 0  # updates the partial saves since the base full hold
 
     def save(self, snapshot: SnapshotData, kind: str, progress_marker: int | None) -> CheckpointInfo:
         """Persist ``snapshot`` as a ``kind`` checkpoint; raises :class:`StorageError` if storage fails.
@@ -73,13 +75,16 @@ class CheckpointWriter:
         base = seq if kind == "full" else self._base_seq
         header = {"shard": self.shard, "base": base, "parent": None if kind == "full" else self._last_seq,
                   "created_unix": time.time(), "progress": progress_marker, "table_rows": snapshot.table_rows,
-                  "dim": snapshot.dim, "stall_s": snapshot.stall_s}
+                  "dim": snapshot.dim, "stall_s": snapshot.stall_s, "access_saved": snapshot.access_saved,
+                  "access_pending": snapshot.access_pending}
         manifest, checksum, location = _write_checkpoint(self.store, self.folder, seq, kind,
                                                          _table_payloads(snapshot, kind), header)
         self._last_seq, self._base_seq = seq, base
+        self._saved_since_base = 0 if kind == "full" else self._saved_since_base + snapshot.access_saved
+        counted = self._saved_since_base + snapshot.access_pending
         info = CheckpointInfo(manifest.id, seq, kind, location, manifest.rows_saved, manifest.nbytes,
                               f"sha256:{checksum}", manifest.created_unix, progress_marker, snapshot.stall_s,
-                              manifest.write_s)
+                              manifest.write_s, uncovered=snapshot.access_pending / counted if counted else 0.0)
         info = dataclasses.replace(info, pointer_published=self._publish(info))
         try:
             _prune(self.store, self.folder, self.keep)
@@ -92,8 +97,9 @@ class CheckpointWriter:
         if self.coord is None:
             return False
         try:
-            self.coord.record_cost("o_save", info.stall_s)
-            self.coord.record_cost("write", info.write_s)
+            kind = "full" if info.kind == "full" else "partial"
+            self.coord.record_cost(f"stall_{kind}", info.stall_s)
+            self.coord.record_cost(f"write_{kind}", info.write_s)
             self.coord.set_checkpoint_pointer(self.shard, info.pointer())
         except Exception as e:
             log.warning("shard %d: checkpoint %s saved, but Redis pointer not published: %s", self.shard, info.id, e)
@@ -156,6 +162,14 @@ class BackgroundCheckpointer:
     thread. The next cycle starts only after the write, so saves never pile up (CheckFreq's rule).
     Saves start ``interval_source()`` seconds apart; the interval is re-read every ``reread_s`` while
     waiting, so a re-planned (shorter) interval takes effect without waiting out the old one.
+
+    The schedule belongs to the job, not to this process: ``last_saved_unix`` is when the shard's newest
+    checkpoint was taken (what a replacement restored; None: there is none), and the first save is due one
+    interval after it. A replacement whose checkpoint is already older than the interval saves as soon as it
+    has taken updates: a server that lives shorter than one interval would otherwise never save (issue #9:
+    80 restarts, 0 saves). A shard with no update since its last save is not saved again (there is nothing
+    new to keep); it is saved as soon as it takes one.
+
     A failed save (e.g. :class:`StorageError`) is counted, reported through ``on_error`` and the stats,
     and makes the next save full: the failed snapshot already reset counters of rows that are now
     in no checkpoint, so the next partial could not be trusted to contain them.
@@ -164,7 +178,7 @@ class BackgroundCheckpointer:
     def __init__(self, shard: LockedShard, writer: SnapshotWriter, spec: CheckpointSpec,
                  interval_source: Callable[[], float], progress: Callable[[], int],
                  on_error: Callable[[Exception], None] | None = None, seed: int = 0, reread_s: float = 5.0,
-                 periodic: Callable[[], bool] = lambda: True) -> None:
+                 periodic: Callable[[], bool] = lambda: True, last_saved_unix: float | None = None) -> None:
         self.shard = shard
         self.periodic = periodic  # False while checkpoint rounds own the saves (full recovery, see rounds)
         self.reread_s = reread_s
@@ -173,6 +187,8 @@ class BackgroundCheckpointer:
         self.interval_source = interval_source
         self.progress = progress
         self.on_error = on_error
+        self.last_saved_unix = last_saved_unix
+        self._unsaved = False  # a save failed: its snapshot reset counters of rows that are in no checkpoint
         self._rng = torch.Generator().manual_seed(seed)
         self._partials_since_full: int | None = None
         self._stats = CheckpointerStats()
@@ -219,19 +235,29 @@ class BackgroundCheckpointer:
         return value if value > 0 and math.isfinite(value) else fallback
 
     def _run(self) -> None:
-        last = time.monotonic()
+        # The job's clock: the last save happened (time.time() - last_saved_unix) seconds ago.
+        last = (-math.inf if self.last_saved_unix is None
+                else time.monotonic() - max(0.0, time.time() - self.last_saved_unix))
         while not self._stopping:
             due_in = last + self._interval() - time.monotonic()
             if due_in > 0 and not self._wake.wait(min(due_in, self.reread_s)):
                 continue  # not due yet: re-read the interval
+            requested = self._wake.is_set()
             self._wake.clear()
             if self._stopping:
                 break
+            if not requested and not self._has_updates():
+                self._wake.wait(min(self.reread_s, _IDLE_POLL_S))  # due, but nothing new to save yet
+                continue
             last = time.monotonic()
             if self._periodic():
                 self.save_once()
         if self._final:
             self.save_once()
+
+    def _has_updates(self) -> bool:
+        """Any row updated since it was last saved (a racy, lock-free read: a miss waits one poll)."""
+        return self._unsaved or any(bool(access.any()) for access in self.shard.tables.access)
 
     def _periodic(self) -> bool:
         try:
@@ -249,6 +275,7 @@ class BackgroundCheckpointer:
                 self._failed(e)
                 return None
             self._partials_since_full = 0
+            self._unsaved = False
             self._count(info, snap)
             return info
 
@@ -266,6 +293,7 @@ class BackgroundCheckpointer:
                 self._failed(e)
                 return None
             self._partials_since_full = 0 if kind == "full" else (self._partials_since_full or 0) + 1
+            self._unsaved = False
             self._count(info, snap)
             return info
 
@@ -285,6 +313,7 @@ class BackgroundCheckpointer:
 
     def _failed(self, error: Exception) -> None:
         self._partials_since_full = None
+        self._unsaved = True
         with self._stats_lock:
             self._stats.failures += 1
             self._stats.last_error = f"{type(error).__name__}: {error}"

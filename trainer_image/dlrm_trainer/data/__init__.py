@@ -1,8 +1,9 @@
 """Data sources of the trainer: a deterministic synthetic Criteo-like stream and Criteo TSV files.
 
-Both produce the same ``Batch`` and partition batches over trainers the same way (global batch b to
-shard b % num_shards, a per-shard cursor counting consumed batches), so the trainer, resume and
-lost-sample accounting never depend on where the samples come from.
+Both produce the same ``Batch`` and a per-shard cursor counting the batches a trainer consumed, so the
+trainer, resume and lost-sample accounting never depend on where the samples come from. The synthetic
+stream deals global batch b to shard b % num_shards; Criteo files give each trainer its own part (a byte
+range of uncompressed files, or whole gzip files), so no trainer reads another's lines (``criteo``).
 """
 
 from dlrm_trainer.data.batch import (
