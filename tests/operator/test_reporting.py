@@ -86,3 +86,14 @@ def test_phase_events_only_on_transitions() -> None:
     assert phase_event(Phase.PENDING, Phase.PENDING, decision) is None
     assert phase_event(Phase.RECOVERING, Phase.RUNNING, decision) == (
         "Normal", "Recovered", "all 5 replicas running again (generation 0)")
+
+
+def test_progress_keeps_the_last_curve_auc_until_a_final_evaluation() -> None:
+    from trainingjob_operator.coordination import Progress
+    from trainingjob_operator.k8s.reporting import summarize_progress
+
+    progress = {0: Progress(0, 600_000, 586, 0.45, 1000.0, 0.0), 1: Progress(1, 490_000, 478, 0.47, 900.0, 0.0)}
+    failed = summarize_progress(progress, {}, 2_000_000, curve_auc=0.7712)
+    assert (failed.samples, failed.auc, failed.samples_per_second) == (1_090_000, 0.7712, 1900.0)
+    finished = summarize_progress(progress, {0: {"auc": 0.79}, 1: {"auc": 0.78}}, 2_000_000, curve_auc=0.7712)
+    assert finished.auc == pytest.approx(0.785)

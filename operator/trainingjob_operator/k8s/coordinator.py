@@ -149,7 +149,9 @@ def read_progress(coord: Coordination, spec: TrainingJobSpec) -> RedisView:
     trainers = spec.replicas.count(Role.TRAINER)
     progress = coord.all_progress(trainers)
     results = {rank: r for rank in range(trainers) if (r := coord.result(rank)) is not None}
-    summary = summarize_progress(progress, results, spec.data.planned_samples)
+    curve = sorted(coord.curve(), key=lambda p: p.get("samples", 0))
+    summary = summarize_progress(progress, results, spec.data.planned_samples,
+                                 float(curve[-1]["auc"]) if curve and "auc" in curve[-1] else None)
     lost = lost_samples(coord, spec)
     shards = [_checkpoint_time(coord.checkpoint_pointer(s)) for s in range(spec.replicas.count(Role.EMBEDDING_SERVER))]
     # The job as a whole is restorable to the oldest of its shards' latest checkpoints.

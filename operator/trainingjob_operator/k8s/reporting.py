@@ -165,9 +165,12 @@ def invalid_spec_status(error: ManifestError, now: float) -> dict[str, Any]:
 
 
 def summarize_progress(
-    progress: Mapping[int, Any], results: Mapping[int, Mapping[str, Any]], target_samples: int
+    progress: Mapping[int, Any], results: Mapping[int, Mapping[str, Any]], target_samples: int,
+    curve_auc: float | None = None,
 ) -> ProgressStatus:
-    """Trainer progress (Coordination.Progress per rank) and results -> status.progress."""
+    """Trainer progress (Coordination.Progress per rank) and results -> status.progress. The AUC is the final
+    evaluation's once trainers wrote one, else the learning curve's last point (``curve_auc``): a job that
+    fails keeps the last AUC it measured."""
     rates = [p.samples_per_second for p in progress.values() if p.samples_per_second]
     losses = [p.loss for p in progress.values() if p.loss is not None]
     aucs = [float(r["auc"]) for r in results.values() if isinstance(r.get("auc"), int | float)]
@@ -176,7 +179,7 @@ def summarize_progress(
         target_samples=target_samples,
         samples_per_second=round(sum(rates), 3) if rates else None,
         loss=round(sum(losses) / len(losses), 6) if losses else None,
-        auc=round(sum(aucs) / len(aucs), 6) if aucs else None,
+        auc=round(sum(aucs) / len(aucs), 6) if aucs else (round(curve_auc, 6) if curve_auc is not None else None),
         waiting_for=waiting_for(progress.values()) or None,
     )
 

@@ -23,7 +23,10 @@ def build_summary(
     *, job: TrainingJob, status: str, started: float, ended: float, results: dict[int, dict[str, Any]],
     history: dict[str, list[Incarnation]], restarts: dict[str, int], failures: list[FailureRecord],
     conditions: list[dict[str, Any]], lost_samples: float, recovery: dict[str, Any] | None = None,
+    progress: dict[int, int] | None = None,
 ) -> dict[str, Any]:
+    """``progress``: each trainer's last reported samples, which count where a trainer has no final result (a
+    failed or interrupted job keeps what it trained, and its last learning-curve AUC, in its summary)."""
     recovery = dict(recovery or {})
     trainers = [results[r] for r in sorted(results)]
     trained = sum(int(t.get("trained_samples", 0)) for t in trainers)
@@ -38,7 +41,13 @@ def build_summary(
             "role": role, "rank": int(rank), "restarts": restarts.get(name, 0),
             "pids": [dataclasses.asdict(i) for i in incarnations], "peak_rss_mb": round(peak, 1),
         })
-    samples = sum(int(t.get("samples", 0)) for t in trainers)
+    samples = sum(int(t.get("samples", 0)) for t in trainers) + sum(
+        n for rank, n in (progress or {}).items() if rank not in results)
+    final_aucs = [float(t["auc"]) for t in trainers if "auc" in t]
+    curve = sorted(recovery.get("curve") or [], key=lambda p: p.get("samples", 0))
+    auc, auc_from = _mean(final_aucs), "final evaluation" if final_aucs else None
+    if auc is None and curve:
+        auc, auc_from = float(curve[-1]["auc"]), f"learning curve at {curve[-1].get('samples')} samples"
     n_emb = job.spec.replicas.embedding_server.replicas
     stalls = [float(s) for s in recovery.pop("o_save_s", [])]
     checkpoint = {
@@ -57,7 +66,8 @@ def build_summary(
         "status": status,
         "samples": samples,
         "target_samples": job.spec.data.planned_samples,
-        "auc": _mean([float(t["auc"]) for t in trainers if "auc" in t]),
+        "auc": auc,
+        "auc_from": auc_from,
         "logloss": _mean([float(t["log_loss"]) for t in trainers if "log_loss" in t]),
         "normalized_entropy": _mean([float(t["normalized_entropy"]) for t in trainers if "normalized_entropy" in t]),
         "teacher_auc": next((t["teacher_auc"] for t in trainers if "teacher_auc" in t), None),

@@ -324,6 +324,7 @@ class LocalSupervisor:
         from trainingjob_operator.local.summary import build_summary
 
         results: dict[int, dict[str, Any]] = {}
+        progress: dict[int, int] = {}
         lost = 0.0
         recovery: dict[str, Any] = self.tracker.to_summary()
         if self.coord is not None:
@@ -331,6 +332,8 @@ class LocalSupervisor:
                 for rank in range(self.spec.replicas.trainer.replicas):
                     if (r := self.coord.result(rank)) is not None:
                         results[rank] = r
+                progress = {rank: p.samples for rank, p in
+                            self.coord.all_progress(self.spec.replicas.trainer.replicas).items()}
                 lost = lost_samples(self.coord, self.spec)
                 shards = self.spec.replicas.embedding_server.replicas
                 for record in self.tracker.failures:
@@ -352,6 +355,7 @@ class LocalSupervisor:
             job=self.job, status=status, started=self.started, ended=time.time(), results=results,
             history=self.history, restarts=dict(self.memory.restarts), failures=self.tracker.failures,
             conditions=[c.to_wire() for c in self.memory.conditions], lost_samples=lost, recovery=recovery,
+            progress=progress,
         )
 
 
