@@ -74,7 +74,24 @@ class EmbeddingShard:
             raise IndexError(f"table {table}: id out of range for shard {self.shard}")
         return local
 
+    def _checked(self, ids: torch.Tensor, counts: torch.Tensor, grads: torch.Tensor | None = None) -> None:
+        """A request's tensors as the trainer sends them, else ValueError (INVALID_ARGUMENT to the caller):
+        ``ids`` 1-D integers, ``counts`` one non-negative count per table summing to ``len(ids)``, ``grads`` one
+        row of the embedding width per id. Checked before anything is touched."""
+        tables = len(self.tables.weights)
+        if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"ids must be a 1-D integer tensor, got {tuple(ids.shape)} {ids.dtype}")
+        if counts.dim() != 1 or counts.dtype not in (torch.int64, torch.int32) or counts.numel() != tables:
+            raise ValueError(f"counts must be {tables} integers (one per table), got {tuple(counts.shape)}")
+        if bool((counts < 0).any()) or int(counts.sum()) != ids.numel():
+            raise ValueError(f"counts must be non-negative and sum to the {ids.numel()} ids, got {counts.tolist()}")
+        if grads is not None:
+            dim = int(self.tables.weights[0].shape[1]) if tables else 0
+            if grads.dim() != 2 or grads.shape != (ids.numel(), dim) or not grads.is_floating_point():
+                raise ValueError(f"grads must be {ids.numel()} x {dim} floats, got {tuple(grads.shape)} {grads.dtype}")
+
     def lookup(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        self._checked(ids, counts)
         parts = split_by_table(ids, counts)
         rows = [self.tables.weights[t].index_select(0, self._locals(p, t)) for t, p in enumerate(parts)]
         return torch.cat(rows) if rows else torch.empty(0)
@@ -82,13 +99,14 @@ class EmbeddingShard:
     def update(self, ids: torch.Tensor, counts: torch.Tensor, grads: torch.Tensor) -> None:
         """Row-wise Adagrad (one accumulator per row, as in TorchRec's fused row-wise Adagrad).
         ``ids`` must be unique within each table (the trainer deduplicates)."""
-        id_parts = split_by_table(ids, counts)
+        self._checked(ids, counts, grads)
+        # Every id mapped (and range-checked) before any row changes: a bad request changes nothing.
+        local_parts = [self._locals(p, t) for t, p in enumerate(split_by_table(ids, counts))]
         grad_parts = split_by_table(grads, counts)
         with self.lock:
-            for t, (p, g) in enumerate(zip(id_parts, grad_parts, strict=True)):
-                if p.numel() == 0:
+            for t, (local, g) in enumerate(zip(local_parts, grad_parts, strict=True)):
+                if local.numel() == 0:
                     continue
-                local = self._locals(p, t)
                 state = self.tables.adagrad[t]
                 state.index_add_(0, local, g.pow(2).mean(dim=1))
                 scale = self.learning_rate / (state.index_select(0, local).sqrt_() + ADAGRAD_EPS)
@@ -98,15 +116,20 @@ class EmbeddingShard:
             self.rows_updated += int(ids.numel())
 
 
+def _tensor(request: Message, name: str) -> torch.Tensor:
+    if name not in request.tensors:
+        raise ValueError(f"the request has no {name!r} tensor")
+    return request.tensors[name]
+
+
 def serve(shard: EmbeddingShard, host: str = "0.0.0.0", port: int = 0, workers: int = 8,
           extra: Mapping[str, Callable[[Message], Message]] | None = None) -> Server:
     def lookup(request: Message) -> Message:
-        rows = shard.lookup(request.tensors["ids"], request.tensors["counts"])
+        rows = shard.lookup(_tensor(request, "ids"), _tensor(request, "counts"))
         return Message({"rows": rows})
 
     def update(request: Message) -> Message:
-        t = request.tensors
-        shard.update(t["ids"], t["counts"], t["grads"])
+        shard.update(_tensor(request, "ids"), _tensor(request, "counts"), _tensor(request, "grads"))
         return Message(meta={"updates": shard.updates})
 
     def stats(request: Message) -> Message:

@@ -49,8 +49,14 @@ def encode(message: Message) -> bytes:
 
 
 def decode(data: bytes) -> Message:
-    tensors = st_load(data)
-    meta = json.loads(bytes(tensors.pop(_META).numpy()).decode())
+    """Raises ValueError for anything that is not a message :func:`encode` wrote."""
+    try:
+        tensors = st_load(data)
+        meta = json.loads(bytes(tensors.pop(_META).numpy()).decode())
+    except Exception as exc:  # safetensors, JSON and UTF-8 errors alike: the bytes are not a message
+        raise ValueError(f"malformed message ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"malformed message: metadata is {type(meta).__name__}, not a mapping")
     return Message(tensors, meta)
 
 
@@ -64,9 +70,9 @@ class Server:
                  workers: int = 8) -> None:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
         rpc_handlers = {
-            name: grpc.unary_unary_rpc_method_handler(
-                _wrap(fn), request_deserializer=decode, response_serializer=encode
-            )
+            # Decoded in the handler, so a malformed request is INVALID_ARGUMENT (a failing deserializer is
+            # INTERNAL in gRPC) and the server goes on serving.
+            name: grpc.unary_unary_rpc_method_handler(_wrap(fn), response_serializer=encode)
             for name, fn in handlers.items()
         }
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, rpc_handlers)])
@@ -93,10 +99,10 @@ class Server:
         self._server.wait_for_termination()
 
 
-def _wrap(fn: Handler) -> Callable[[Message, grpc.ServicerContext], Message]:
-    def handler(request: Message, context: grpc.ServicerContext) -> Message:
+def _wrap(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Message]:
+    def handler(request: bytes, context: grpc.ServicerContext) -> Message:
         try:
-            return fn(request)
+            return fn(decode(request))
         except (ValueError, KeyError, IndexError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
             raise  # unreachable: abort raises

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,27 @@ class ManifestError(ValueError):
         super().__init__(f"{where}{field}: {expectation}")
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_SHOWN_CHARS = 80  # of a rejected value, in the one-line message
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``spec.model.tableRows[2]``; a key that is not a plain name is quoted (``labels["a b\n"]``), so the
+    path stays one unambiguous line whatever a user typed as a key."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.match(str(part)):
             path += f".{part}" if path else str(part)
+        else:
+            path += f"[{json.dumps(str(part), ensure_ascii=False)}]"
     return path or "(manifest)"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def _expectation(error: dict[str, Any]) -> str:
@@ -41,8 +56,8 @@ def _expectation(error: dict[str, Any]) -> str:
         return "is required"
     given = error.get("input")
     if error["type"] not in ("model_type",) and not isinstance(given, dict | list) and "got" not in msg:
-        msg += f" (got {given!r})"
-    return msg
+        msg += f" (got {_shown(given)})"
+    return " ".join(msg.split()) if "\n" in msg or "\r" in msg else msg
 
 
 def error_from_validation(exc: ValidationError, source: str | None = None) -> ManifestError:
