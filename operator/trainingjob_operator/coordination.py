@@ -21,7 +21,15 @@ from redis.retry import Retry
 _RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30)
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, patient: bool = True) -> redis.Redis:
+    """A client for replicas (``patient``: rides out a Redis restart, retrying for ~20 s) or for a coordinator
+    (fails within ~2 s: the coordinator tries again on its next tick instead of stalling every job's loop)."""
+    if not patient:
+        return redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=10,
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -70,10 +78,11 @@ TRACE_POINTS = 4000  # per trainer: ~30 minutes of progress reports at the defau
 class Coordination:
     """Typed access to one job's coordination keys."""
 
-    def __init__(self, url: str, namespace: str, job: str, client: redis.Redis | None = None) -> None:
+    def __init__(self, url: str, namespace: str, job: str, client: redis.Redis | None = None,
+                 patient: bool = True) -> None:
         self.url = url
         self.prefix = f"tj:{namespace}:{job}:"
-        self.r = client if client is not None else connect(url)
+        self.r = client if client is not None else connect(url, patient)
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)

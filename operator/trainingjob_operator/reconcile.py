@@ -189,9 +189,12 @@ def set_condition(
 
 
 def _failure_of(
-    rid: ReplicaId, obs: ObservedReplica | None, memory: JobMemory, spec: TrainingJobSpec, now: float
+    rid: ReplicaId, obs: ObservedReplica | None, memory: JobMemory, spec: TrainingJobSpec, now: float,
+    heard_since: float | None = None,
 ) -> FailureEvent | None:
-    """Why this replica counts as failed now, or None if it is healthy, waiting or done."""
+    """Why this replica counts as failed now, or None if it is healthy, waiting or done. Silence counts only
+    from ``heard_since`` on: while Redis was unreachable no heartbeat could be written or read, so a replica
+    is never declared hung for a silence the shell could not hear."""
     name = rid.name
     if name in memory.succeeded or name in memory.replacing:
         return None  # done, or already being replaced: never counted twice
@@ -212,10 +215,13 @@ def _failure_of(
         return FailureEvent(rid, FailureReason.SERVER_EXITED, now, obs.exit_code, obs.instance)
     if obs.phase is ReplicaPhase.RUNNING:
         if obs.heartbeat_at is not None:
-            if now - obs.heartbeat_at > spec.recovery.heartbeat_timeout_seconds:
+            last = max(obs.heartbeat_at, heard_since) if heard_since is not None else obs.heartbeat_at
+            if now - last > spec.recovery.heartbeat_timeout_seconds:
                 return FailureEvent(rid, FailureReason.HEARTBEAT_TIMEOUT, now, None, obs.instance)
-        elif obs.started_at is not None and now - obs.started_at > spec.recovery.startup_timeout_seconds:
-            return FailureEvent(rid, FailureReason.NO_HEARTBEAT, now, None, obs.instance)
+        elif obs.started_at is not None:
+            started = max(obs.started_at, heard_since) if heard_since is not None else obs.started_at
+            if now - started > spec.recovery.startup_timeout_seconds:
+                return FailureEvent(rid, FailureReason.NO_HEARTBEAT, now, None, obs.instance)
     return None
 
 
@@ -267,9 +273,11 @@ def reconcile(
     memory: JobMemory,
     now: float,
     mode: str = "partial",
+    heard_since: float | None = None,
 ) -> Decision:
     """Decide what to do about one job. ``mode`` is the effective recovery mode: partial or full
-    (the caller resolves ``auto`` with the tuning module's benefit test). The steps, in order: a
+    (the caller resolves ``auto`` with the tuning module's benefit test). ``heard_since``: since when the
+    shell has read heartbeats without a gap (None: always); see ``_failure_of``. The steps, in order: a
     finished job only cleans up; all trainers done ends it; a fatal failure fails it; otherwise
     failures are replaced, lost deletes repeated, missing replicas created, and the phase follows."""
     mem = memory if memory.start_time is not None else dataclasses.replace(memory, start_time=now)
@@ -280,7 +288,7 @@ def reconcile(
     if (done := _succeeded(spec, observed, mem, now)) is not None:
         return done
     failures = [f for rid in desired_replicas(spec)
-                if (f := _failure_of(rid, observed.get(rid), mem, spec, now)) is not None]
+                if (f := _failure_of(rid, observed.get(rid), mem, spec, now, heard_since)) is not None]
     if (fatal := _fatal_decision(spec, observed, mem, failures, mode, now)) is not None:
         return fatal
     plan = _replace_failed(spec, observed, mem, failures, mode, now)

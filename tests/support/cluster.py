@@ -164,6 +164,7 @@ class FaithfulCluster:
     cluster: Cluster
     kubelet: FaithfulKubelet
     operator: Operator
+    redis: EmbeddedRedis  # the job's Redis on the kubelet's bridge (a test may pause it)
 
 
 @asynccontextmanager
@@ -178,11 +179,12 @@ async def faithful_cluster(workdir: Path, *, time_scale: float = 1.0,
         # The "image" holds the project (a CI clone may live anywhere, not only under /work).
         async with FaithfulKubelet(served, workdir / "node", namespace=NAMESPACE, time_scale=time_scale,
                                    extra_binds=[ROOT]) as kubelet:
-            with EmbeddedRedis(workdir / "redis", host=kubelet.bridge_ip) as redis_url:
+            embedded = EmbeddedRedis(workdir / "redis", host=kubelet.bridge_ip)
+            with embedded as redis_url:
                 operator = Operator(config=operator_config(served, redis_url))
                 await operator.start()
                 try:
-                    yield FaithfulCluster(Cluster(api=served, redis_url=redis_url), kubelet, operator)
+                    yield FaithfulCluster(Cluster(api=served, redis_url=redis_url), kubelet, operator, embedded)
                 finally:
                     await operator.stop()
 

@@ -169,6 +169,7 @@ class Trainer:
         self._exchange_lock = threading.Lock()
         self.warmup_steps = warmup_steps(spec)
         self.resumed_samples = 0  # a replacement's predecessor trained these (see train)
+        self._progress_unreported = False
         self.errors: list[BaseException] = []
         self._joined_round = 0
         self._started_at = self._last_round_at = time.monotonic()
@@ -261,10 +262,19 @@ class Trainer:
         show 916k samples/s after trainer restarts)."""
         elapsed = max(1e-9, time.monotonic() - started)
         c = self.counters
-        self.coord.report_progress(Progress(
-            rank=self.rank, samples=c.samples, cursor=reader.cursor, loss=c.loss_ema,
-            samples_per_second=(c.samples - self.resumed_samples) / elapsed, updated=time.time(), done=done,
-            waiting_for=self.waiting_for()))
+        try:
+            self.coord.report_progress(Progress(
+                rank=self.rank, samples=c.samples, cursor=reader.cursor, loss=c.loss_ema,
+                samples_per_second=(c.samples - self.resumed_samples) / elapsed, updated=time.time(), done=done,
+                waiting_for=self.waiting_for()))
+        except Exception as exc:  # Redis away: the workers keep training (the hot path needs no Redis)
+            if not self._progress_unreported:
+                log.warning("progress not reported, Redis unreachable; training goes on: %s", exc)
+            self._progress_unreported = True
+            if done:
+                raise  # the last report says this trainer is done: it must not be lost
+        else:
+            self._progress_unreported = False
 
     # --- checkpoint rounds (full recovery's consistent cut, see ``rounds``) ----------------------------
     def _round_clients(self) -> list[Client]:

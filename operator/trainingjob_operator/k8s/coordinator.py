@@ -185,6 +185,7 @@ class JobCoordinator:
         self.failed_at: dict[int, float] = {}  # recovery generation -> when its failure was detected
         self.awaiting_ready: dict[ReplicaId, float] = {}  # replaced replica -> failure time (o_res)
         self.heartbeats: HeartbeatSnapshot | None = None
+        self.heard_since: float | None = None  # since when heartbeat reads succeeded without a gap
         self.view: RedisView | None = None
         self.plan: tuning.IntervalDecision | None = None
         self.rollback: RollbackPoint | None = None  # full recovery: where replaced trainers resume
@@ -275,7 +276,8 @@ class JobCoordinator:
         if now >= self.next_refresh_at:
             await self._refresh(now)
         observed = self._observe(now)
-        decision = reconcile(self.job.spec, observed, self.memory, now, self.effective_mode())
+        decision = reconcile(self.job.spec, observed, self.memory, now, self.effective_mode(),
+                             heard_since=self.heard_since if self.heard_since is not None else now)
         self.memory = await self._apply(decision, observed)
         self._track_replacements(observed)
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
@@ -409,6 +411,11 @@ class JobCoordinator:
         self.next_refresh_at = now + self.ctx.config.tick_s * 0.9
         spec = self.job.spec
         self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))
+        # Silence counts from the first read after a gap (the coordinator's start, or Redis coming back).
+        if self.heartbeats is None:
+            self.heard_since = None
+        elif self.heard_since is None:
+            self.heard_since = now
         if now >= self.next_progress_at:
             self.next_progress_at = now + self.ctx.config.progress_every_s
             self.view = await self._redis(lambda c: read_progress(c, spec)) or self.view

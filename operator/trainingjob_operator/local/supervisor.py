@@ -13,18 +13,19 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
 from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob
 from trainingjob_operator.api.status import Phase
-from trainingjob_operator.coordination import Coordination, waiting_for
+from trainingjob_operator.coordination import Coordination, Member, Progress, waiting_for
 from trainingjob_operator.core import accounting, contract
-from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
+from trainingjob_operator.core.recovery import RollbackPoint, failure_record, resolve_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.local.injection import Injection, due
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
@@ -90,6 +91,8 @@ class LocalSupervisor:
         self.mode = resolve_mode(self.spec.recovery.mode, None).value
         self._rollback: RollbackPoint | None = None
         self._last_replan = 0.0
+        self.heard_since: float | None = None  # since when heartbeat reads succeeded without a gap
+        self._progress: dict[int, Progress] = {}
         self.standby = (StandbyPool(self.workdir / "logs", {"PYTHONUNBUFFERED": "1", **self.options.extra_env})
                         if self.options.warm_standby else None)
         self.memory = JobMemory()
@@ -102,25 +105,43 @@ class LocalSupervisor:
 
     # --- observing -------------------------------------------------------------------------
     def observe(self) -> dict[ReplicaId, ObservedReplica]:
+        """Processes and their heartbeats. Exits need no Redis; with Redis unreachable no heartbeat can be read,
+        so no replica is judged silent (as on Kubernetes), and silence counts again from the first read after."""
         assert self.coord is not None
+        members = self._heartbeats()
         observed = {}
         for name, proc in self.processes.items():
             rid = ReplicaId.parse(name)
             code = proc.poll()
             heartbeat = None
             if code is None:
-                member = self.coord.member(rid.role.value, rid.rank)
+                member = members.get(rid) if members is not None else None
                 if member is not None and member.instance == str(proc.pid):
                     heartbeat = member.heartbeat  # never a predecessor's heartbeat
                 phase = ReplicaPhase.RUNNING
             else:
                 phase = ReplicaPhase.SUCCEEDED if code == 0 else ReplicaPhase.FAILED
             exit_code = contract.container_exit_code(code) if code is not None else None
+            started_at = proc.incarnation.started_at if members is not None else None
             observed[rid] = ObservedReplica(
-                rid, phase, str(proc.pid), exit_code, None, proc.incarnation.started_at, heartbeat,
+                rid, phase, str(proc.pid), exit_code, None, started_at, heartbeat,
                 deleting=proc.kill_deadline is not None and code is None,
             )
         return observed
+
+    def _heartbeats(self) -> dict[ReplicaId, Member] | None:
+        assert self.coord is not None
+        try:
+            members = {ReplicaId(role, rank): m for role in ROLES
+                       for rank, m in self.coord.members(role.value, self.spec.replicas.count(role)).items()}
+        except redis.RedisError as e:
+            if self.heard_since is not None:
+                log.warning("Redis unreachable: no heartbeats, no hung-replica verdicts until it is back (%s)", e)
+            self.heard_since = None
+            return None
+        if self.heard_since is None:
+            self.heard_since = time.time()
+        return members
 
     def _sample_memory(self) -> None:
         now = time.monotonic()
@@ -148,7 +169,8 @@ class LocalSupervisor:
             if isinstance(action, RecordFailure):
                 self.record_failure(action)
         for rank, point in trainer_rollbacks(actions, RecoveryMode(self.mode), self._rollback).items():
-            self.coord.set_trainer_cursor(rank, point.cursor, point.samples)
+            with self._redis_best_effort("trainer rollback"):
+                self.coord.set_trainer_cursor(rank, point.cursor, point.samples)
         for action in actions:
             if isinstance(action, CreateReplica):
                 name = action.id.name
@@ -168,7 +190,12 @@ class LocalSupervisor:
     def record_failure(self, action: RecordFailure) -> None:
         assert self.coord is not None
         failure, generation, mode = action.failure, action.generation, action.mode
-        record, point = write_failure(self.coord, self.spec, action, replica=failure.id.name)
+        try:
+            record, point = write_failure(self.coord, self.spec, action, replica=failure.id.name)
+        except redis.RedisError as e:  # Redis away: the replacement goes ahead, its failure record is lost
+            log.error("%s failed (%s) while Redis is unreachable: not in the failure log (%s)", failure.id.name,
+                      failure.reason, e)
+            record, point = failure_record(action, samples=0, replica=failure.id.name), None
         detected = failure.time - self.started
         injected = self.tracker.injection_for(failure.id.name, detected)
         entry = FailureRecord(
@@ -227,16 +254,28 @@ class LocalSupervisor:
             start = record.injected_at_s if record.injected_at_s is not None else record.time_s
             record.recovered_after_s = round(elapsed - start, 3)
             assert self.coord is not None
-            self.coord.record_cost("o_res", elapsed - record.time_s)  # failure detected -> replacement serving
+            with self._redis_best_effort("o_res"):
+                self.coord.record_cost("o_res", elapsed - record.time_s)  # failure detected -> replacement serving
 
     def replan(self, elapsed: float) -> None:
         assert self.coord is not None
         if time.monotonic() - self._last_replan < self.options.replan_every_s:
             return
         self._last_replan = time.monotonic()
-        decision = plan_interval(self.coord, self.spec, self.started, self.started + elapsed)
+        try:
+            decision = plan_interval(self.coord, self.spec, self.started, self.started + elapsed)
+        except redis.RedisError as e:  # keep the last plan; the replicas keep theirs too
+            log.warning("interval not re-planned, Redis unreachable: %s", e)
+            return
         self.mode = resolve_mode(self.spec.recovery.mode, decision.mode_chosen).value
         self.tracker.note_interval(elapsed, decision)
+
+    @contextlib.contextmanager
+    def _redis_best_effort(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as e:
+            log.warning("%s not written, Redis unreachable: %s", what, e)
 
     # --- the loop --------------------------------------------------------------------------
     def tick(self) -> None:
@@ -247,7 +286,8 @@ class LocalSupervisor:
         observed = self.observe()
         self.note_recoveries(observed, elapsed)
         self.replan(elapsed)
-        decision = reconcile(self.spec, observed, self.memory, now, self.mode)
+        decision = reconcile(self.spec, observed, self.memory, now, self.mode,
+                             heard_since=self.heard_since if self.heard_since is not None else now)
         self.memory = decision.memory
         self.apply(decision.actions, now)
         # A replica that exited on its own and is being replaced needs no grace period.
@@ -265,7 +305,9 @@ class LocalSupervisor:
 
     def snapshot(self) -> Snapshot:
         assert self.coord is not None
-        progress = self.coord.all_progress(self.spec.replicas.trainer.replicas)
+        with contextlib.suppress(redis.RedisError):  # Redis away: show the last progress read
+            self._progress = self.coord.all_progress(self.spec.replicas.trainer.replicas)
+        progress = self._progress
         rates = [p.samples_per_second for p in progress.values() if p.samples_per_second]
         losses = [p.loss for p in progress.values() if p.loss is not None]
         return Snapshot(
@@ -286,7 +328,8 @@ class LocalSupervisor:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
         try:
             self.redis_url = url or embedded.start()  # type: ignore[union-attr]
-            self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name)
+            # Fails fast: a Redis outage must not stall the loop that watches the processes.
+            self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name, patient=False)
             self.coord.clear()
             self.started = time.time()
             last_tick_report = 0.0
