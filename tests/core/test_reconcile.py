@@ -208,6 +208,19 @@ def test_heartbeat_timeout(heartbeat_age: float, failed: bool) -> None:
     assert bool(decision.actions) is failed
 
 
+def test_silence_counts_only_from_when_the_shell_could_hear_again() -> None:
+    """Redis was away until NOW - 5: every heartbeat is older than the timeout, but nobody could write one."""
+    stale = cluster(**{f"{rid.role.value.replace('-', '_')}_{rid.rank}": replica(rid, heartbeat_at=NOW - 70)
+                       for rid in ALL})
+    assert reconcile(make_spec(), stale, running_memory(), NOW, heard_since=NOW - 5).actions == []
+    # Still silent a whole timeout after Redis came back: that replica is hung after all.
+    later = reconcile(make_spec(), stale, running_memory(), NOW + 6, heard_since=NOW - 5)
+    assert {a.failure.id for a in later.actions if isinstance(a, RecordFailure)} == set(ALL)
+    # The startup grace likewise counts from heard_since.
+    starting = cluster(trainer_1=replica(T1, heartbeat_at=None, started_at=NOW - 10_000))
+    assert reconcile(make_spec(), starting, running_memory(), NOW, heard_since=NOW - 5).actions == []
+
+
 def test_a_replacement_without_its_own_heartbeat_yet_is_given_its_startup_grace() -> None:
     # The shell passes no heartbeat until the member in Redis carries the new instance.
     fresh = replica(T1, instance="trainer-1-b", heartbeat_at=None, started_at=NOW - 30)
