@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q --no-deps $(TORCHREC_PIN)
 	$(PIP) install -q -e '.[trainer,operator,dev]'
+	# Last, and alone: an install after it would report torchrec's CUDA fbgemm-gpu and torchmetrics pins as
+	# a wall of "dependency resolver" errors, although fbgemm-gpu-cpu stands in and torchmetrics 1.9 works.
+	$(PIP) install -q --no-deps $(TORCHREC_PIN)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
