@@ -175,6 +175,55 @@ def crd(
         path.write_text(text)
 
 
+@app.command()
+def simulate(
+    manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")],
+    nodes: Annotated[int | None, typer.Option(help="Scale every role in proportion to this many nodes")] = None,
+    mtbf: Annotated[float | None, typer.Option(help="Job-level MTBF in hours (CPR: 14-30 h)")] = None,
+    mtbf_per_node: Annotated[float | None, typer.Option(help="One node's MTBF in hours (job MTBF = this / nodes)")]
+    = None,
+    days: Annotated[float, typer.Option(help="Failure-free training time to simulate, in days")] = 30.0,
+    seeds: Annotated[int, typer.Option(help="Seeds per mode and per grid interval")] = 3,
+    seed: Annotated[int, typer.Option(help="First seed")] = 0,
+    failure_log: Annotated[Path | None, typer.Option(
+        help="Replay these failures: a summary JSON's failures list (role, rank, time_s)")] = None,
+    summary: Annotated[Path | None, typer.Option(help="Costs from a real run's summary JSON")] = None,
+    o_save: Annotated[float | None, typer.Option(help="Training seconds one full save costs")] = None,
+    o_save_partial: Annotated[float | None, typer.Option(help="... one MFU/SSU save costs")] = None,
+    o_load: Annotated[float | None, typer.Option(help="Seconds to load one shard")] = None,
+    o_res: Annotated[float | None, typer.Option(help="Seconds to detect and replace a replica")] = None,
+    uncovered: Annotated[float | None, typer.Option(help="Share of updates MFU/SSU saves leave out (0-1)")] = None,
+    weibull_shape: Annotated[float | None, typer.Option(help="Weibull node lifetimes of this shape")] = None,
+    fail_roles: Annotated[str | None, typer.Option(help="Roles whose nodes fail (default all)")] = None,
+    modes: Annotated[str | None, typer.Option(help="full,partial,partial+MFU,partial+SSU,auto")] = None,
+    grid: Annotated[int, typer.Option(help="Fixed intervals swept per mode (0: none)")] = 7,
+    grid_span: Annotated[float, typer.Option(help="The grid spans the tuner's interval / and x this")] = 4.0,
+    prior_hours: Annotated[float | None, typer.Option(help="The tuner's per-node MTBF prior (default: the truth)")]
+    = None,
+    samples_per_second: Annotated[float | None, typer.Option(help="Job throughput (sets the unit of samples)")]
+    = None,
+    auc_slope: Annotated[float | None, typer.Option(help="AUC change per unit PLS (default: calibrated)")] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Folder for JSON and PNGs; default runs/<job>/simulate")] = None,
+) -> None:
+    """Simulate the job at scale: failures, the reconcile core and the tuner in simulated time, per mode."""
+    from trainingjob_operator.simulate.command import Options, run_simulation
+    from trainingjob_operator.simulate.config import SimulateInputError
+
+    job = _load(manifest)
+    options = Options(nodes=nodes, mtbf=mtbf, mtbf_per_node=mtbf_per_node, days=days, seeds=seeds, seed=seed,
+                      failure_log=failure_log, summary=summary, o_save=o_save, o_save_partial=o_save_partial,
+                      o_load=o_load, o_res=o_res, uncovered=uncovered, weibull_shape=weibull_shape,
+                      fail_roles=fail_roles, modes=modes, grid=grid, grid_span=grid_span, jobs=jobs,
+                      prior_hours=prior_hours, samples_per_second=samples_per_second, auc_slope=auc_slope, out=out)
+    try:
+        code = run_simulation(job, options, Console(width=None if sys.stdout.isatty() else 200), err)
+    except SimulateInputError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 if __name__ == "__main__":
