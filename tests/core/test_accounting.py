@@ -63,3 +63,21 @@ def test_recovery_records_decide_the_spans() -> None:
 def test_weights_outside_zero_one_are_refused() -> None:
     with pytest.raises(ValueError, match="weight"):
         LostSpan(0, 1, 1.5)
+
+
+def test_the_sweep_agrees_with_the_definition_on_random_spans() -> None:
+    """union_samples sweeps in O(n log n); the definition: every elementary segment, its largest weight."""
+    import itertools
+    import random
+
+    def by_definition(spans: list[LostSpan]) -> float:
+        live = [s for s in spans if s.end > s.start]
+        edges = sorted({s.start for s in live} | {s.end for s in live})
+        return sum((b - a) * max((s.weight for s in live if s.start <= a and s.end >= b), default=0.0)
+                   for a, b in itertools.pairwise(edges))
+
+    rng = random.Random(1)
+    for _ in range(500):
+        spans = [LostSpan(a := rng.randint(0, 50), a + rng.randint(-3, 30), rng.choice([0.1, 0.5, 1.0]))
+                 for _ in range(rng.randint(0, 8))]
+        assert union_samples(spans) == pytest.approx(by_definition(spans))
