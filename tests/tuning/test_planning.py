@@ -103,8 +103,10 @@ def test_curve_shapes() -> None:
 
 
 def test_curve_notes_flag_bounds() -> None:
-    partial = rows_of(plan_table(make_job()), "partial")
+    capped = make_job(recovery={"checkpoint": {"maxIntervalSeconds": 3600}})
+    partial = rows_of(plan_table(capped), "partial")
     assert "above maxIntervalSeconds" in partial[-1].note  # 4 x 3456 s > 3600 s
+    assert "above maxIntervalSeconds" not in rows_of(plan_table(make_job()), "partial")[-1].note  # default 24 h
 
 
 def test_assumptions_named_in_auto_note() -> None:

@@ -348,7 +348,9 @@ class CheckpointSpec(ApiModel):
     )
     initial_interval_seconds: float = Field(default=60.0, gt=0.0, description="Interval before any tuning.")
     min_interval_seconds: float = Field(default=5.0, gt=0.0)
-    max_interval_seconds: float = Field(default=3600.0, gt=0.0)
+    max_interval_seconds: float = Field(
+        default=86_400.0, gt=0.0, description="Longest interval the tuner may choose. CPR-scale jobs want hours: a "
+        "1-hour cap made partial recovery cost 10% instead of 1.1% at 1,000 nodes (trainingjob simulate).")
     hot_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="MFU: share of rows saved, hottest first.")
     sample_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="SSU: share of accessed rows sampled.")
     full_every: int = Field(default=4, ge=1, description="MFU/SSU: every this many saves is a full save.")
