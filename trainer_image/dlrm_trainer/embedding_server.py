@@ -24,36 +24,46 @@ ADAGRAD_EPS = 1e-8
 
 @dataclass
 class ShardTables:
-    """The rows of one shard: weights, row-wise Adagrad state and per-row access counters (for MFU)."""
+    """The rows of one shard: weights, row-wise Adagrad state and per-row access counters (for MFU).
+
+    Each kind of state is one buffer over all tables (``flat_*``, tables one after another) and the
+    per-table tensors are views of it, so an update touches every table with one ``index_add_`` while
+    checkpoints keep addressing tables one by one (loading copies into the views in place).
+    """
 
     weights: list[torch.Tensor]
     adagrad: list[torch.Tensor]
     access: list[torch.Tensor]
+    flat_weights: torch.Tensor
+    flat_adagrad: torch.Tensor
+    flat_access: torch.Tensor
+    row_offsets: torch.Tensor  # [T + 1]: table t's rows are flat rows row_offsets[t]:row_offsets[t + 1]
 
     @classmethod
     def initialise(cls, table_rows: list[int], dim: int, num_shards: int, shard: int, seed: int) -> ShardTables:
+        counts = [local_rows(rows, num_shards, shard) for rows in table_rows]
+        offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
+        total = int(offsets[-1])
+        flat_weights, flat_adagrad = torch.empty(total, dim), torch.zeros(total)
+        flat_access = torch.zeros(total, dtype=torch.int32)
         weights, adagrad, access = [], [], []
         for t, rows in enumerate(table_rows):
-            n = local_rows(rows, num_shards, shard)
+            lo, hi = int(offsets[t]), int(offsets[t + 1])
             # TorchRec's default EmbeddingBag init: U(-sqrt(1/rows), sqrt(1/rows)).
             gen = torch.Generator().manual_seed(seed * 1_000_003 + t * 131 + shard)
             bound = math.sqrt(1.0 / rows)
-            weights.append(torch.empty(n, dim).uniform_(-bound, bound, generator=gen))
-            adagrad.append(torch.zeros(n))
-            access.append(torch.zeros(n, dtype=torch.int32))
-        return cls(weights, adagrad, access)
+            weights.append(flat_weights[lo:hi].uniform_(-bound, bound, generator=gen))
+            adagrad.append(flat_adagrad[lo:hi])
+            access.append(flat_access[lo:hi])
+        return cls(weights, adagrad, access, flat_weights, flat_adagrad, flat_access, offsets)
 
     @property
     def num_rows(self) -> int:
-        return sum(w.shape[0] for w in self.weights)
+        return int(self.flat_weights.shape[0])
 
     @property
     def nbytes(self) -> int:
-        return sum(w.nbytes + a.nbytes for w, a in zip(self.weights, self.adagrad, strict=True))
-
-
-def split_by_table(flat: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
-    return list(torch.split(flat, [int(c) for c in counts.tolist()]))
+        return self.flat_weights.nbytes + self.flat_adagrad.nbytes
 
 
 class EmbeddingShard:
@@ -67,12 +77,6 @@ class EmbeddingShard:
         self.lock = threading.Lock()
         self.updates = 0
         self.rows_updated = 0
-
-    def _locals(self, ids: torch.Tensor, table: int) -> torch.Tensor:
-        local = local_index(ids, self.num_shards)
-        if local.numel() and (int(local.max()) >= self.tables.weights[table].shape[0] or int(local.min()) < 0):
-            raise IndexError(f"table {table}: id out of range for shard {self.shard}")
-        return local
 
     def _checked(self, ids: torch.Tensor, counts: torch.Tensor, grads: torch.Tensor | None = None) -> None:
         """A request's tensors as the trainer sends them, else ValueError (INVALID_ARGUMENT to the caller):
@@ -90,28 +94,38 @@ class EmbeddingShard:
             if grads.dim() != 2 or grads.shape != (ids.numel(), dim) or not grads.is_floating_point():
                 raise ValueError(f"grads must be {ids.numel()} x {dim} floats, got {tuple(grads.shape)} {grads.dtype}")
 
+    def _flat_rows(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Rows of the shard's flat buffers for a request's (table-grouped) global ids, range-checked per
+        table: a bad id raises before anything is read or written."""
+        tables = self.tables
+        table = torch.repeat_interleave(torch.arange(len(tables.weights)), counts.to(torch.int64))
+        local = local_index(ids.to(torch.int64), self.num_shards)
+        sizes = tables.row_offsets[1:] - tables.row_offsets[:-1]
+        if local.numel():
+            bad = (local < 0) | (local >= sizes[table])
+            if bool(bad.any()):
+                t = int(table[bad.nonzero()[0, 0]])
+                raise IndexError(f"table {t}: id out of range for shard {self.shard}")
+        return local + tables.row_offsets[table]
+
     def lookup(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         self._checked(ids, counts)
-        parts = split_by_table(ids, counts)
-        rows = [self.tables.weights[t].index_select(0, self._locals(p, t)) for t, p in enumerate(parts)]
-        return torch.cat(rows) if rows else torch.empty(0)
+        return self.tables.flat_weights.index_select(0, self._flat_rows(ids, counts))
 
     def update(self, ids: torch.Tensor, counts: torch.Tensor, grads: torch.Tensor) -> None:
-        """Row-wise Adagrad (one accumulator per row, as in TorchRec's fused row-wise Adagrad).
-        ``ids`` must be unique within each table (the trainer deduplicates)."""
+        """Row-wise Adagrad (one accumulator per row, as in TorchRec's fused row-wise Adagrad), every table at
+        once. ``ids`` must be unique within each table (the trainer deduplicates)."""
         self._checked(ids, counts, grads)
-        # Every id mapped (and range-checked) before any row changes: a bad request changes nothing.
-        local_parts = [self._locals(p, t) for t, p in enumerate(split_by_table(ids, counts))]
-        grad_parts = split_by_table(grads, counts)
+        rows = self._flat_rows(ids, counts)  # every id mapped and range-checked before any row changes
+        if rows.numel() == 0:
+            return
+        tables = self.tables
+        grads = grads.to(tables.flat_weights.dtype)
         with self.lock:
-            for t, (local, g) in enumerate(zip(local_parts, grad_parts, strict=True)):
-                if local.numel() == 0:
-                    continue
-                state = self.tables.adagrad[t]
-                state.index_add_(0, local, g.pow(2).mean(dim=1))
-                scale = self.learning_rate / (state.index_select(0, local).sqrt_() + ADAGRAD_EPS)
-                self.tables.weights[t].index_add_(0, local, -g * scale.unsqueeze(1))
-                self.tables.access[t].index_add_(0, local, torch.ones_like(local, dtype=torch.int32))
+            tables.flat_adagrad.index_add_(0, rows, grads.pow(2).mean(dim=1))
+            scale = tables.flat_adagrad.index_select(0, rows).sqrt_().add_(ADAGRAD_EPS).reciprocal_()
+            tables.flat_weights.index_add_(0, rows, grads * scale.mul_(-self.learning_rate).unsqueeze(1))
+            tables.flat_access.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int32))
             self.updates += 1
             self.rows_updated += int(ids.numel())
 

@@ -1,21 +1,22 @@
 """The DLRM from TorchRec pieces, with its embedding rows held by remote embedding servers.
 
-Dense, interaction and over arches are ``torchrec.models.dlrm``'s; inputs are TorchRec
-``KeyedJaggedTensor``s. What TorchRec's ``EmbeddingBagCollection`` would do locally is done here
-by ``RemoteEmbeddings``: deduplicate ids, fetch the rows from their shards, pool them with
-``embedding_bag`` and send the rows' gradients back. The dense parameters live in one flat
-buffer so ShadowSync can snapshot and update them with single vector operations.
+Dense, interaction and over arches are ``torchrec.models.dlrm``'s; inputs are single-hot id
+matrices (what a TorchRec ``KeyedJaggedTensor`` with all lengths 1 holds). What TorchRec's
+``EmbeddingBagCollection`` would do locally is done here by ``RemoteEmbeddings``: deduplicate ids,
+fetch the rows from their shards, pool them and send the rows' gradients back. The dense
+parameters live in one flat buffer so ShadowSync can snapshot and update them with single vector
+operations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_trainer.rpc import Client, Message
 from dlrm_trainer.sharding import shard_of
@@ -56,15 +57,32 @@ class Fetched:
     """Rows fetched for one batch: ``rows`` is a leaf whose gradient goes back to the servers."""
 
     rows: torch.Tensor  # [U, D], requires grad
-    inverse: torch.Tensor  # [nnz] index into rows for every KJT value
-    offsets: torch.Tensor  # KJT offsets [F*B + 1]
+    inverse: torch.Tensor  # [F*B]: the row of every (feature, sample), feature-major like a KJT's values
     groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per shard: (positions, ids, counts)
     batch_size: int
     num_features: int
 
 
+@dataclass
+class PendingFetch:
+    """A batch's rows on their way: ids deduplicated and grouped by shard, one lookup in flight per shard."""
+
+    unique: int
+    inverse: torch.Tensor
+    groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    futures: list[Any]
+    batch_size: int
+    num_features: int
+
+
 class RemoteEmbeddings:
-    """Client side of the embedding servers for one trainer."""
+    """Client side of the embedding servers for one trainer.
+
+    Samples are single-hot (one id per feature, as in Criteo): the KeyedJaggedTensor TorchRec would build
+    has lengths all 1, so its values are the id matrix read feature by feature and sum-pooling a bag is
+    taking its one row. Both are computed from the ``[B, F]`` id matrix directly (building the KJT and
+    pooling with ``embedding_bag`` cost more than the lookup itself).
+    """
 
     def __init__(self, clients: list[Client], table_rows: list[int], dim: int) -> None:
         self.clients = clients
@@ -83,30 +101,41 @@ class RemoteEmbeddings:
             groups.append((positions, ids[positions], counts))
         return groups
 
-    def fetch(self, kjt: KeyedJaggedTensor, device: torch.device) -> Fetched:
-        lengths = torch.tensor(kjt.length_per_key(), dtype=torch.int64)
-        per_value_table = torch.repeat_interleave(torch.arange(self.num_tables), lengths)
-        keys = kjt.values().to(torch.int64) + self.table_offsets[per_value_table]
+    def request(self, sparse: torch.Tensor) -> PendingFetch:
+        """Deduplicate a batch's ids (``sparse`` [B, F]) and send every shard its lookup; returns at once."""
+        batch_size, features = sparse.shape
+        if features != self.num_tables:
+            raise ValueError(f"expected ids for {self.num_tables} features, got {features}")
+        keys = (sparse.to(torch.int64) + self.table_offsets[:-1]).t().reshape(-1)
         unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
         groups = self._group(unique_keys)
         futures = [
             client.call_async("Lookup", Message({"ids": ids, "counts": counts}))
             for client, (_, ids, counts) in zip(self.clients, groups, strict=True)
         ]
-        rows = torch.empty(unique_keys.numel(), self.dim)
-        for client, future, (positions, ids, counts) in zip(self.clients, futures, groups, strict=True):
+        return PendingFetch(int(unique_keys.numel()), inverse, groups, futures, batch_size, features)
+
+    def receive(self, pending: PendingFetch, device: torch.device, pin_memory: bool = False,
+                non_blocking: bool = False) -> Fetched:
+        """Wait for a batch's rows (a shard being replaced: retry until its deadline) and put them on ``device``."""
+        rows = torch.empty(pending.unique, self.dim, pin_memory=pin_memory)
+        for client, future, (positions, ids, counts) in zip(self.clients, pending.futures, pending.groups,
+                                                            strict=True):
             try:
                 reply = future.result()
             except Exception:  # shard unavailable: wait for its replacement (bounded)
                 reply = client.call("Lookup", Message({"ids": ids, "counts": counts}))
             rows[positions] = reply.tensors["rows"]
-        leaf = rows.to(device).requires_grad_(True)
-        return Fetched(leaf, inverse.to(device), kjt.offsets().to(device), groups, kjt.stride(), self.num_tables)
+        leaf = rows.to(device, non_blocking=non_blocking).requires_grad_(True)
+        return Fetched(leaf, pending.inverse.to(device, non_blocking=non_blocking), pending.groups,
+                       pending.batch_size, pending.num_features)
+
+    def fetch(self, sparse: torch.Tensor, device: torch.device) -> Fetched:
+        return self.receive(self.request(sparse), device)
 
     def pooled(self, fetched: Fetched) -> torch.Tensor:
-        """Sum-pool each (feature, sample) bag -> [B, F, D]."""
-        bags = F.embedding_bag(fetched.inverse, fetched.rows, fetched.offsets, mode="sum",
-                               include_last_offset=True)
+        """Each (sample, feature)'s row -> [B, F, D] (sum-pooling a single-id bag)."""
+        bags = F.embedding(fetched.inverse, fetched.rows)
         return bags.view(fetched.num_features, fetched.batch_size, self.dim).transpose(0, 1)
 
     def push_gradients(self, fetched: Fetched, grad: torch.Tensor) -> list:
@@ -115,7 +144,7 @@ class RemoteEmbeddings:
         pending = []
         for client, (positions, ids, counts) in zip(self.clients, fetched.groups, strict=True):
             if ids.numel():
-                message = Message({"ids": ids, "counts": counts, "grads": grad[positions]})
+                message = Message({"ids": ids, "counts": counts, "grads": grad.index_select(0, positions)})
                 pending.append((client, client.call_async("Update", message), message))
         return pending
 

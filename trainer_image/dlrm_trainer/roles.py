@@ -255,7 +255,7 @@ def run_trainer(renv: ReplicaEnv) -> int:
     import torch
 
     from dlrm_trainer.sources import data_source
-    from dlrm_trainer.trainer import Trainer, choose_device
+    from dlrm_trainer.trainer import Trainer, choose_device, max_in_flight
 
     spec = renv.spec
     coord = coordination(renv)
@@ -280,7 +280,11 @@ def run_trainer(renv: ReplicaEnv) -> int:
     if resumed and previous is not None:
         # A replacement: resume this shard's cursor and start from the central dense copy.
         trainer.initialise_from_center()
-        log.info("trainer-%d resuming at batch %d", renv.rank, previous.cursor)
+        training = spec.training
+        log.info("trainer-%d resuming at batch %d, its predecessor's last reported cursor: the batches it applied "
+                 "after that report and the ones it had in flight (at most %d: prefetched or computing) are read "
+                 "again", renv.rank, previous.cursor,
+                 max_in_flight(training.hogwild_threads, training.prefetch_batches))
     stats = trainer.train(previous.cursor if resumed and previous else 0,
                           previous.samples if resumed and previous else 0)
     result = {"rank": renv.rank, "device": str(device), **stats,

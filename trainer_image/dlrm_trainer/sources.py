@@ -9,8 +9,9 @@ has cursor e * K + c, and a trainer resuming at cursor c restarts epoch c // K a
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from dlrm_trainer.data.batch import Batch, shard_num_batches
@@ -83,6 +84,16 @@ def epoch_batches(source: DataSource, shard: int, num_shards: int, start_cursor:
     """Trainer ``shard``'s batches of ``epochs`` passes, from ``start_cursor`` on, each with the cursor
     after it; the cursor counts on across epochs (module docstring). A pass that ends early (data
     shorter than its share) leaves its remaining cursors unused."""
+    for cursor, make in epoch_batch_makers(source, shard, num_shards, start_cursor, batch_size, total_samples,
+                                           epochs):
+        yield cursor, make()
+
+
+def epoch_batch_makers(source: DataSource, shard: int, num_shards: int, start_cursor: int, batch_size: int,
+                       total_samples: int, epochs: int) -> Iterator[tuple[int, Callable[[], Batch]]]:
+    """What :func:`epoch_batches` yields, with each batch still to be made where the source can defer it
+    (the synthetic generator: a batch is a pure function of its index); a source that cannot (a file read
+    in order) hands over batches it already made."""
     if epochs < 1 or start_cursor < 0:
         raise ValueError(f"epochs must be >= 1 and start_cursor >= 0, got {epochs}, {start_cursor}")
     per_epoch = source.batches_per_epoch(shard, num_shards, batch_size, total_samples)
@@ -90,11 +101,24 @@ def epoch_batches(source: DataSource, shard: int, num_shards: int, start_cursor:
         return
     first, within = divmod(start_cursor, per_epoch)
     for epoch in range(first, epochs):
-        for cursor, batch in source.train_batches(shard, num_shards, within, batch_size, total_samples):
+        for cursor, make in _batch_makers(source, shard, num_shards, within, batch_size, total_samples):
             if cursor > per_epoch:
                 raise RuntimeError(f"the data source gave batch {cursor} of a pass of {per_epoch} batches")
-            yield epoch * per_epoch + cursor, batch
+            yield epoch * per_epoch + cursor, make
         within = 0
+
+
+def _batch_makers(source: DataSource, shard: int, num_shards: int, start_cursor: int, batch_size: int,
+                  total_samples: int) -> Iterator[tuple[int, Callable[[], Batch]]]:
+    if isinstance(source, SyntheticCriteo):
+        yield from source.train_batch_makers(shard, num_shards, start_cursor, batch_size, total_samples)
+        return
+    for cursor, batch in source.train_batches(shard, num_shards, start_cursor, batch_size, total_samples):
+        yield cursor, functools.partial(_made, batch)
+
+
+def _made(batch: Batch) -> Batch:
+    return batch
 
 
 def common_cursor_limit(source: DataSource, num_shards: int, batch_size: int, total_samples: int,

@@ -2,7 +2,9 @@
 
 Each worker thread takes the next batch of this trainer's data shard, fetches the rows it needs
 from the embedding servers, runs forward/backward on the dense DLRM, applies Adagrad to the
-shared dense replica without locks (Hogwild) and pushes the rows' gradients back. In background
+shared dense replica without locks (Hogwild) and pushes the rows' gradients back. A prefetch
+thread per worker makes the next batches, deduplicates their ids and requests their rows while the
+worker computes (``pipeline``). In background
 mode a shadow thread exchanges the replica with the sync server in a loop, off the critical
 path (S-EASGD, S-MA or S-BMUF); in foreground mode the exchange happens inside the loop every
 ``everySteps`` steps (the baseline ShadowSync is compared against).
@@ -16,18 +18,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dlrm_trainer import rounds
 from dlrm_trainer import sync_algorithms as algo
-from dlrm_trainer.data.batch import Batch, feature_keys
+from dlrm_trainer.data.batch import Batch
 from dlrm_trainer.metrics import StreamingEval
-from dlrm_trainer.model import DenseDLRM, Fetched, RemoteEmbeddings, flatten_parameters
+from dlrm_trainer.model import DenseDLRM, PendingFetch, RemoteEmbeddings, flatten_parameters
+from dlrm_trainer.pipeline import END, Prefetcher, device_plan
 from dlrm_trainer.rpc import Client, Message
-from dlrm_trainer.sources import DataSource, common_cursor_limit, epoch_batches
+from dlrm_trainer.sources import DataSource, common_cursor_limit, epoch_batch_makers
 from trainingjob_operator.api.spec import SyncMode, TrainingJobSpec, warmup_steps
 from trainingjob_operator.coordination import Coordination, Progress
 
@@ -42,6 +47,12 @@ def choose_device(preference: str) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def max_in_flight(workers: int, prefetch: int) -> int:
+    """Batches a trainer may have handed out but not applied: per worker, one computing, ``prefetch``
+    queued and one being prepared (one in all without prefetching). A replacement re-reads them."""
+    return workers * (prefetch + 2 if prefetch else 1)
 
 
 def warmed_up(lr: float, step: int, warmup_steps: int) -> float:
@@ -62,12 +73,24 @@ class Counters:
     round_seconds: float = 0.0  # paused at checkpoint rounds (full recovery's consistent cut)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, batch_size: int, loss: float) -> int:
+    def add(self, batch_size: int, loss: float | None) -> int:
+        """One applied batch; ``loss`` when it was read back (every step on CPU, every few on a GPU)."""
         with self.lock:
             self.samples += batch_size
             self.steps += 1
-            self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+            if loss is not None:
+                self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
             return self.steps
+
+
+@dataclass
+class Ready:
+    """A batch prepared ahead of its worker: made, on pinned memory where that helps, rows requested."""
+
+    size: int
+    dense: torch.Tensor
+    labels: torch.Tensor
+    rows: PendingFetch
 
 
 class Pause:
@@ -78,10 +101,12 @@ PAUSE = Pause()
 
 
 class ShardReader:
-    """Hands out this trainer's batches to worker threads; tracks the resumable cursor; pauses every
-    worker at a checkpoint round's cursor (``pause_at``) until the round is saved."""
+    """Hands out this trainer's batches (each still to be made: see ``sources.epoch_batch_makers``) to
+    worker threads; tracks the resumable cursor; pauses every worker at a checkpoint round's cursor
+    (``pause_at``) until the round is saved."""
 
-    def __init__(self, batches: Iterator[tuple[int, Batch]], start_cursor: int, workers: int = 1) -> None:
+    def __init__(self, batches: Iterator[tuple[int, Callable[[], Batch]]], start_cursor: int,
+                 workers: int = 1) -> None:
         self._batches = batches
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -118,13 +143,18 @@ class ShardReader:
                 self._pause, self._paused = None, 0
                 self._cond.notify_all()
 
+    def wait_released(self) -> None:
+        """Block while a round's pause holds (a prefetch thread that handed its worker the pause)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pause is None or self._closed)
+
     def close(self) -> None:
         """Release paused workers (the trainer is stopping)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def next(self) -> Batch | Pause | None:
+    def next(self) -> Callable[[], Batch] | Pause | None:
         with self._lock:
             if self._pause is not None and self.dispatched >= self._pause[1] and not self._closed:
                 return PAUSE
@@ -162,12 +192,12 @@ class Trainer:
         self.adagrad = torch.zeros_like(self.flat)
         self.embeddings = RemoteEmbeddings(embedding_clients, spec.model.rows(), spec.model.embedding_dim)
         self.sync_client = sync_client
-        self.keys = feature_keys(spec.model.sparse_features)
         self.counters = Counters()
         self.stop = threading.Event()
         self.sync_version = -1
         self._exchange_lock = threading.Lock()
         self.warmup_steps = warmup_steps(spec)
+        self.plan = device_plan(device)
         self.resumed_samples = 0  # a replacement's predecessor trained these (see train)
         self._progress_unreported = False
         self.errors: list[BaseException] = []
@@ -219,11 +249,21 @@ class Trainer:
             self.stop.wait(max(0.0, period - (time.monotonic() - started)))
 
     # --- training ----------------------------------------------------------------------------
-    def step(self, batch: Batch, pending: list) -> tuple[float, list]:
-        kjt = batch.to_kjt(self.keys)
-        fetched: Fetched = self.embeddings.fetch(kjt, self.device)
-        logits = self.model(batch.dense.to(self.device), self.embeddings.pooled(fetched))
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(self.device))
+    def prepare(self, make: Callable[[], Batch]) -> Ready:
+        """Everything a batch needs before its worker computes it; runs in the worker's prefetch thread."""
+        batch = make()
+        dense, labels = batch.dense, batch.labels
+        if self.plan.pin_memory:
+            dense, labels = dense.pin_memory(), labels.pin_memory()
+        return Ready(len(batch), dense, labels, self.embeddings.request(batch.sparse))
+
+    def step(self, ready: Ready, pending: list) -> tuple[torch.Tensor, list]:
+        plan = self.plan
+        fetched = self.embeddings.receive(ready.rows, self.device, plan.pin_memory, plan.non_blocking)
+        dense = ready.dense.to(self.device, non_blocking=plan.non_blocking)
+        labels = ready.labels.to(self.device, non_blocking=plan.non_blocking)
+        logits = self.model(dense, self.embeddings.pooled(fetched))
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
         *dense_grads, row_grad = torch.autograd.grad(loss, [*self.params, fetched.rows])
         grad = torch.cat([g.reshape(-1) for g in dense_grads])
         lr = warmed_up(self.spec.training.dense_learning_rate, self.counters.steps, self.warmup_steps)
@@ -232,24 +272,41 @@ class Trainer:
             self.flat.addcdiv_(grad, self.adagrad.sqrt().add_(ADAGRAD_EPS), value=-lr)
         # Overlap: the previous batch's sparse updates finished while this one computed.
         self.embeddings.wait(pending)
-        return float(loss.detach()), self.embeddings.push_gradients(fetched, row_grad)
+        return loss.detach(), self.embeddings.push_gradients(fetched, row_grad)
+
+    def _stream(self) -> AbstractContextManager[Any]:
+        """A CUDA stream of this worker's own (Hogwild workers would otherwise serialise on one)."""
+        if self.plan.stream_per_worker:
+            return torch.cuda.stream(torch.cuda.Stream(device=self.device))
+        return nullcontext()
 
     def _worker(self, reader: ShardReader) -> None:
         sync = self.spec.training.sync
         pending: list = []
+        batches: Prefetcher[Callable[[], Batch], Ready] = Prefetcher(
+            reader.next, self.prepare, self.spec.training.prefetch_batches, self.stop, Pause, reader.wait_released,
+            name=f"{threading.current_thread().name}-prefetch")
         try:
-            while not self.stop.is_set() and (batch := reader.next()) is not None:
-                if isinstance(batch, Pause):  # a checkpoint round: every update applied before it is saved
-                    self.embeddings.wait(pending)
-                    pending = []
-                    reader.wait_at_pause(self._join_round)
-                    continue
-                loss, pending = self.step(batch, pending)
-                steps = self.counters.add(len(batch), loss)
-                reader.done_one()
-                if sync.mode is SyncMode.FOREGROUND and self.sync_client is not None and steps % sync.every_steps == 0:
-                    self.exchange()
-            self.embeddings.wait(pending)
+            batches.start()
+            with self._stream():
+                while not self.stop.is_set():
+                    item = batches.get()
+                    if item is None or item is END:
+                        break
+                    if isinstance(item, Pause):  # a checkpoint round: every update applied before it is saved
+                        self.embeddings.wait(pending)
+                        pending = []
+                        reader.wait_at_pause(self._join_round)
+                        continue
+                    assert isinstance(item, Ready)
+                    loss, pending = self.step(item, pending)
+                    read_loss = (self.counters.steps + 1) % self.plan.loss_every == 0
+                    steps = self.counters.add(item.size, float(loss) if read_loss else None)
+                    reader.done_one()
+                    if sync.mode is SyncMode.FOREGROUND and self.sync_client is not None and \
+                            steps % sync.every_steps == 0:
+                        self.exchange()
+                self.embeddings.wait(pending)
         except BaseException as exc:
             self.errors.append(exc)
             self.stop.set()
@@ -336,8 +393,9 @@ class Trainer:
         batches_per_s = self.counters.steps / elapsed
         # Far enough ahead that every trainer reads the announcement (each polls it every ROUND_POLL_S) and
         # that the cursors it was computed from (reported every progress tick) have not moved past it.
-        lead = math.ceil(batches_per_s * (ROUND_POLL_S * 3 + self.spec.training.progress_every_seconds)) + \
-            self.spec.training.hogwild_threads
+        training = self.spec.training
+        lead = math.ceil(batches_per_s * (ROUND_POLL_S * 3 + training.progress_every_seconds)) + \
+            max_in_flight(training.hogwild_threads, training.prefetch_batches)
         data = self.spec.data
         per_trainer = common_cursor_limit(self.source, self.trainers, data.batch_size, data.train_samples, data.epochs)
         cursor = rounds.next_round_cursor([p.cursor for p in progress.values()], lead, per_trainer - lead)
@@ -354,8 +412,8 @@ class Trainer:
 
     def train(self, start_cursor: int = 0, resumed_samples: int = 0) -> dict:
         spec = self.spec
-        batches = epoch_batches(self.source, self.rank, self.trainers, start_cursor, spec.data.batch_size,
-                                spec.data.train_samples, spec.data.epochs)
+        batches = epoch_batch_makers(self.source, self.rank, self.trainers, start_cursor, spec.data.batch_size,
+                                     spec.data.train_samples, spec.data.epochs)
         reader = ShardReader(batches, start_cursor, workers=spec.training.hogwild_threads)
         self.counters.samples = self.resumed_samples = resumed_samples
         started = time.monotonic()
@@ -416,7 +474,7 @@ class Trainer:
         """Held-out AUC, log loss and normalized entropy of this trainer's replica."""
         acc = StreamingEval()
         for batch in self.source.eval_batches(samples, EVAL_BATCH):
-            fetched = self.embeddings.fetch(batch.to_kjt(self.keys), self.device)
+            fetched = self.embeddings.fetch(batch.sparse, self.device)
             logits = self.model(batch.dense.to(self.device), self.embeddings.pooled(fetched))
             acc.add(batch.labels.numpy(), torch.sigmoid(logits).float().cpu().numpy())
         return acc.result().to_dict()

@@ -191,6 +191,10 @@ class TrainingSpec(ApiModel):
     dense_learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
     embedding_learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
     hogwild_threads: int = Field(default=2, ge=1, le=64, description="Worker threads sharing one dense replica.")
+    prefetch_batches: int = Field(
+        default=1, ge=0, le=8, description="Batches each worker prepares ahead (made, ids deduplicated, rows "
+        "requested) while it computes; 0 prepares each batch on the critical path (the unpipelined trainer). A "
+        "replacement re-reads at most hogwildThreads x (prefetchBatches + 2) batches its predecessor had in flight.")
     warmup_steps: int | None = Field(
         default=None, ge=0, description="Dense learning rate ramps up linearly over this many steps per trainer: "
         "Adagrad's first steps are sign-like and otherwise kill the bottom MLP's last ReLU units. Unset: half "

@@ -21,9 +21,10 @@ are low-rank dot products of per-id vectors, exactly the form DLRM's interaction
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -429,6 +430,14 @@ class SyntheticCriteo:
         Global batch b goes to shard b % num_shards; the final global batch is the first samples of
         a full-size batch, so a sample's content never depends on total_samples.
         """
+        for cursor, make in self.train_batch_makers(shard, num_shards, start_cursor, batch_size, total_samples):
+            yield cursor, make()
+
+    def train_batch_makers(
+        self, shard: int, num_shards: int, start_cursor: int, batch_size: int, total_samples: int
+    ) -> Iterator[tuple[int, Callable[[], Batch]]]:
+        """What :meth:`train_batches` yields, each batch still to be generated: a trainer hands out cursors
+        under its reader lock and generates the batches (milliseconds each) in its prefetch threads."""
         check_shard(shard, num_shards)
         if start_cursor < 0:
             raise ValueError(f"start_cursor must be >= 0, got {start_cursor}")
@@ -437,7 +446,10 @@ class SyntheticCriteo:
         while (index := shard + cursor * num_shards) < total_batches:
             size = min(batch_size, total_samples - index * batch_size)
             cursor += 1
-            yield cursor, self.batch("train", index, batch_size).head(size)
+            yield cursor, functools.partial(self._train_batch, index, batch_size, size)
+
+    def _train_batch(self, index: int, batch_size: int, size: int) -> Batch:
+        return self.batch("train", index, batch_size).head(size)
 
     def eval_batches(self, total_samples: int, batch_size: int) -> Iterator[Batch]:
         for index in range(num_global_batches(batch_size, total_samples)):
