@@ -115,3 +115,40 @@ async def test_checkpoints_in_an_object_store_bring_a_replaced_shard_back(faithf
         assert restored["loaded"] and restored["restored_progress"] > 0, restored["description"]
         condition = cluster.condition("real", "CheckpointsDurable")
         assert condition is not None and (condition["status"], condition["reason"]) == ("True", "ObjectStore")
+
+
+async def test_trainers_read_criteo_data_from_a_claim_their_pod_template_mounts(faithful: FaithfulCluster) -> None:
+    """``replicas.trainer.template``: Criteo TSV on a PersistentVolumeClaim, mounted read-only at /data through the
+    role's pod template, beside the operator's own volumes, in pods whose root filesystem is read-only. The
+    trainers can only reach /data through that mount (without it they exit 78, see the recovery contract)."""
+    from dlrm_trainer.data import SyntheticCriteo, write_synthetic_tsv
+
+    cluster, kubelet = faithful.cluster, faithful.kubelet
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "criteo", "namespace": "ml"},
+             "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+    async with cluster.api.post("/api/v1/namespaces/ml/persistentvolumeclaims", json=claim) as response:
+        assert response.status < 300, await response.text()
+    model = SMALL["model"]
+    data = kubelet.claim_dir("criteo")
+    write_synthetic_tsv(data / "day_0.tsv", SyntheticCriteo([model["rowsPerTable"]] * model["sparseFeatures"],
+                                                            seed=3), 40_000, batch_size=512)
+    (data / "day_0.tsv").chmod(0o644)  # written by the test (root), readable by the image's user, as a dataset is
+    template = {"metadata": {"labels": {"team": "ranking"}},
+                "spec": {"volumes": [{"name": "criteo", "persistentVolumeClaim": {"claimName": "criteo",
+                                                                                   "readOnly": True}}],
+                         "containers": [{"name": "dlrm", "volumeMounts": [{"name": "criteo", "mountPath": "/data",
+                                                                           "readOnly": True}]}]}}
+    spec = {**SMALL, "data": {"source": "criteo", "path": "/data/day_0.tsv", "trainSamples": 30_000,
+                              "evalSamples": 4096, "batchSize": 512},
+            "replicas": {"trainer": {"replicas": 2, "template": template}}}
+    await cluster.create_job(manifest("real", **spec))
+
+    await eventually(lambda: cluster.running("real", 5), timeout=60, what="5 running pods")
+    trainer = cluster.pods("real")["real-trainer-0"]
+    assert trainer["metadata"]["labels"]["team"] == "ranking"
+    assert trainer["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=240, what="job Succeeded")
+    coord = cluster.coordination("real")
+    assert sum(p.samples for p in coord.all_progress(2).values()) >= 30_000
+    assert all((r := coord.result(rank)) is not None and r.get("auc") is not None for rank in (0, 1))
+    assert coord.failures() == [] and kubelet.probe_kills == []

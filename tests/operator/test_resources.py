@@ -99,6 +99,10 @@ def test_servers_have_grpc_health_probes(role: Role, probed: bool) -> None:
     assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
 
 
+TMP = {"name": "tmp", "emptyDir": {}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
 @pytest.mark.parametrize(("checkpoint", "volume"), [
     pytest.param({}, {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "checkpoints-job-{pod}"}},
                  id="default-claim-per-replica"),
@@ -115,11 +119,12 @@ def test_servers_mount_their_checkpoint_volume(checkpoint: dict[str, Any], volum
     job = make_job(recovery={"checkpoint": checkpoint})
     pod = render_pod(job, server, owner=OWNER, redis_url=REDIS, generation=0)
     expected = json.loads(json.dumps(volume).replace("{pod}", f"{server.role.value}-{server.rank}"))
-    assert pod["spec"]["volumes"] == [expected]
-    assert pod["spec"]["containers"][0]["volumeMounts"] == [{"name": "checkpoints", "mountPath": "/checkpoints"}]
+    assert pod["spec"]["volumes"] == [TMP, expected]
+    assert pod["spec"]["containers"][0]["volumeMounts"] == [TMP_MOUNT, {"name": "checkpoints",
+                                                                        "mountPath": "/checkpoints"}]
     assert env_of(pod)["TJ_CHECKPOINT_DIR"] == "/checkpoints"
     trainer = render_pod(job, ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
-    assert "volumes" not in trainer["spec"]
+    assert trainer["spec"]["volumes"] == [TMP]  # only the writable /tmp of a read-only root filesystem
 
 
 def test_one_owned_claim_per_server_rank_by_default() -> None:
@@ -149,7 +154,7 @@ def test_object_store_checkpoints_need_no_volume_and_keep_credentials_in_the_sec
     job = make_job(recovery={"checkpoint": checkpoint})
     for server in (ReplicaId(Role.EMBEDDING_SERVER, 1), ReplicaId(Role.SYNC_SERVER, 0)):
         pod = render_pod(job, server, owner=OWNER, redis_url=REDIS, generation=0)
-        assert "volumes" not in pod["spec"] and "volumeMounts" not in pod["spec"]["containers"][0]
+        assert pod["spec"]["volumes"] == [TMP] and pod["spec"]["containers"][0]["volumeMounts"] == [TMP_MOUNT]
         env = env_of(pod)
         assert env["TJ_CHECKPOINT_DIR"] == "s3://ckpt/team-a/ml/job"  # <url>/<namespace>/<job>: jobs never mix
         if "objectStore" in checkpoint:
@@ -202,7 +207,7 @@ def test_pods_run_as_the_images_non_root_user_and_can_write_their_volume() -> No
             "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
             "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
         assert pod["spec"]["containers"][0]["securityContext"] == {
-            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
         assert pod["spec"]["automountServiceAccountToken"] is False
 
 
@@ -246,3 +251,143 @@ def test_replica_of_reads_labels_and_rejects_strangers() -> None:
         ReplicaId(Role.TRAINER, 3)
     assert resources.replica_of({"training.cpr.dev/role": "chef", "training.cpr.dev/rank": "3"}) is None
     assert resources.replica_of({"training.cpr.dev/role": "trainer"}) is None
+
+
+# --- the per-role pod template -------------------------------------------------------------------
+
+GPU_TRAINERS = {
+    "metadata": {"labels": {"team": "ranking", "kueue.x-k8s.io/queue-name": "gpu"},
+                 "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
+    "spec": {
+        "volumes": [{"name": "criteo", "persistentVolumeClaim": {"claimName": "criteo-1tb", "readOnly": True}}],
+        "containers": [{"name": "dlrm", "volumeMounts": [{"name": "criteo", "mountPath": "/data", "readOnly": True}],
+                        "envFrom": [{"secretRef": {"name": "wandb"}}],
+                        "env": [{"name": "NCCL_DEBUG", "value": "WARN"},
+                                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]},
+                       {"name": "exporter", "image": "dcgm-exporter:3", "ports": [{"containerPort": 9400}]}],
+        "imagePullSecrets": [{"name": "registry"}],
+        "serviceAccountName": "trainer",
+        "priorityClassName": "training-high",
+        "schedulerName": "volcano",
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": {"training.cpr.dev/role": "trainer"}}}],
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "securityContext": {"runAsUser": 2000, "supplementalGroups": [3000]},
+    },
+}
+
+
+def test_a_role_template_merges_under_the_operators_fields() -> None:
+    job = make_job(replicas={"trainer": {"template": GPU_TRAINERS, "nodeSelector": {"pool": "mine"},
+                                         "resources": {"limits": {"nvidia.com/gpu": 1}}}},
+                   data={"source": "criteo", "path": "/data/train"})
+    pod = render_pod(job, ReplicaId(Role.TRAINER, 1), owner=OWNER, redis_url=REDIS, generation=0)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["labels"]["team"] == "ranking" and meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert meta["labels"]["training.cpr.dev/rank"] == "1"  # ours are all still there
+    assert meta["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                                   "training.cpr.dev/generation": "0"}
+    main, sidecar = spec["containers"]
+    assert main["name"] == "dlrm" and sidecar["name"] == "exporter"
+    assert main["volumeMounts"] == [TMP_MOUNT, {"name": "criteo", "mountPath": "/data", "readOnly": True}]
+    assert spec["volumes"] == [TMP, GPU_TRAINERS["spec"]["volumes"][0]]
+    assert main["envFrom"] == [{"secretRef": {"name": "wandb"}}]
+    env = env_of(pod)
+    assert env["NCCL_DEBUG"] == "WARN" and env["NODE"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["TJ_ROLE"] == "trainer" and env["TJ_RANK"] == "1"  # the contract is untouched
+    assert main["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert main["command"] == ["python", "-m", "dlrm_trainer"]
+    for key in ("imagePullSecrets", "serviceAccountName", "priorityClassName", "schedulerName", "affinity",
+                "topologySpreadConstraints"):
+        assert spec[key] == GPU_TRAINERS["spec"][key], key
+    assert spec["nodeSelector"] == {"pool": "mine"}  # the role's own nodeSelector wins on the same key
+    assert spec["tolerations"] == GPU_TRAINERS["spec"]["tolerations"]
+    # The template overrides security-context fields on purpose; the rest stays restricted.
+    assert spec["securityContext"]["runAsUser"] == 2000 and spec["securityContext"]["supplementalGroups"] == [3000]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["restartPolicy"] == "Never" and spec["hostname"] == "job-trainer-1"
+    # Other roles are not touched by the trainers' template.
+    server = render_pod(job, ReplicaId(Role.EMBEDDING_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert "team" not in server["metadata"]["labels"] and "serviceAccountName" not in server["spec"]
+
+
+def test_the_template_survives_the_round_trip_through_the_config_map() -> None:
+    job = make_job(replicas={"trainer": {"template": GPU_TRAINERS}})
+    assert spec_from_json(job.spec_json()) == job.spec
+
+
+@pytest.mark.parametrize(("template", "error"), [
+    pytest.param({"metadata": {"labels": {"training.cpr.dev/role": "x"}}}, "training.cpr.dev/role.*reserved",
+                 id="our-label"),
+    pytest.param({"metadata": {"labels": {"app.kubernetes.io/managed-by": "me"}}}, "reserved", id="app-label"),
+    pytest.param({"spec": {"containers": [{"name": "dlrm", "env": [{"name": "TJ_RANK", "value": "0"}]}]}},
+                 r"containers\[0\].env\[0\].name 'TJ_RANK' belongs to the operator's env contract", id="contract-env"),
+    pytest.param({"spec": {"containers": [{"name": "dlrm", "env": [{"name": "POD_IP", "value": "1.2.3.4"}]}]}},
+                 "env contract", id="pod-ip"),
+    pytest.param({"spec": {"containers": [{"name": "dlrm", "image": "mine:1"}]}},
+                 r"main container\) may set only.*image are the operator's", id="main-image"),
+    pytest.param({"spec": {"containers": [{"name": "dlrm", "command": ["sh"]}]}}, "command are the operator's",
+                 id="main-command"),
+    pytest.param({"spec": {"containers": [{"name": "sidecar"}]}}, r"containers\[0\] \(sidecar\) needs an image",
+                 id="sidecar-image"),
+    pytest.param({"spec": {"volumes": [{"name": "checkpoints", "emptyDir": {}}]}},
+                 r"volumes\[0\].name 'checkpoints' is the operator's own volume", id="checkpoint-volume"),
+    pytest.param({"spec": {"volumes": [{"name": "d", "emptyDir": {}}], "containers": [
+        {"name": "dlrm", "volumeMounts": [{"name": "d", "mountPath": "/checkpoints"}]}]}},
+                 "checkpoint and /tmp volumes and their paths are its own", id="checkpoint-path"),
+    pytest.param({"spec": {"containers": [{"name": "dlrm", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}]}},
+                 "mounts 'nope', which template volumes do not declare", id="undeclared-volume"),
+    pytest.param({"spec": {"restartPolicy": "Always"}}, r"restartPolicy", id="restart-policy"),
+    pytest.param({"spec": {"hostname": "x"}}, r"hostname", id="hostname"),
+    pytest.param({"spec": {"serviceAccountName": "Not_A_Name"}}, "serviceAccountName.*DNS-1123", id="sa-name"),
+    pytest.param({"spec": {"imagePullSecrets": [{"name": ""}]}}, "imagePullSecrets", id="pull-secret"),
+])
+def test_a_template_cannot_take_what_the_operator_owns(template: dict[str, Any], error: str) -> None:
+    with pytest.raises(ManifestError, match=error) as caught:
+        make_job(replicas={"trainer": {"template": template}})
+    assert "spec.replicas.trainer.template" in str(caught.value)
+
+
+def test_the_reserved_env_covers_the_whole_contract() -> None:
+    from trainingjob_operator.api.template import reserved_env
+    from trainingjob_operator.core.contract import CONTRACT_ENV
+
+    assert all(reserved_env(name) for name in CONTRACT_ENV)
+
+
+# --- the operator's trainer defaults (the chart's trainer.* values) -------------------------------
+
+
+def test_the_charts_trainer_defaults_fill_only_what_a_job_leaves_unset() -> None:
+    from trainingjob_operator.k8s.config import trainer_defaults_from_env
+
+    defaults = trainer_defaults_from_env(json.dumps({
+        "resources": {"limits": {"nvidia.com/gpu": 1}}, "nodeSelector": {},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}))
+    body = {"apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "job", "namespace": "ml"}, "spec": {}}
+    job, _ = admit(body, REDIS, defaults)
+    pod = render_pod(job, ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert pod["spec"]["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "nodeSelector" not in pod["spec"]  # an empty default sets nothing
+    server = render_pod(job, ReplicaId(Role.EMBEDDING_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert server["spec"]["containers"][0]["resources"] == {} and "tolerations" not in server["spec"]
+    # The job's own field wins, whole, even an empty one: a CPU-only job on a GPU-default operator.
+    body["spec"] = {"replicas": {"trainer": {"resources": {}, "tolerations": []}}}
+    job, _ = admit(body, REDIS, defaults)
+    pod = render_pod(job, ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    assert pod["spec"]["containers"][0]["resources"] == {} and "tolerations" not in pod["spec"]
+
+
+@pytest.mark.parametrize("value", ['{"resources": {"gpus": {"x": 1}}}', "[1]", "{not json"])
+def test_a_malformed_trainer_default_stops_the_operator_naming_the_variable(value: str) -> None:
+    from trainingjob_operator.k8s.config import trainer_defaults_from_env
+
+    with pytest.raises(ValueError, match="TJ_DEFAULT_TRAINER_ROLE"):
+        trainer_defaults_from_env(value)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from trainingjob_operator.api.base import ApiModel
+from trainingjob_operator.api.template import PodTemplate
 
 GROUP = "training.cpr.dev"
 VERSION = "v1alpha1"
@@ -231,6 +232,9 @@ class RoleSpec(ApiModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    template: PodTemplate | None = Field(
+        default=None, description="Kubernetes only: a PodTemplateSpec fragment (volumes, imagePullSecrets, "
+        "serviceAccountName, affinity, envFrom, ...) merged under the operator's own pod fields, which stay protected.")
 
     @field_validator("resources")
     @classmethod

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from typing import Any
 
+from pydantic import ValidationError
+
+from trainingjob_operator.api.spec import RoleSpec
+
 PEERING_NAME = "trainingjob-operator"
+
+
+def trainer_defaults_from_env(value: str | None) -> RoleSpec | None:
+    """TJ_DEFAULT_TRAINER_ROLE: a JSON fragment of ``spec.replicas.trainer``. A malformed one stops the
+    operator at start, naming the variable, rather than running every job without its GPUs."""
+    if not value or not value.strip():
+        return None
+    try:
+        fragment = json.loads(value)
+        if not isinstance(fragment, dict):
+            raise ValueError("not a JSON object")
+        return RoleSpec.model_validate({k: v for k, v in fragment.items() if v not in ({}, [], None)})
+    except (ValueError, ValidationError) as e:
+        raise ValueError(f"TJ_DEFAULT_TRAINER_ROLE must be a JSON spec.replicas.trainer fragment "
+                         f"(resources, nodeSelector, tolerations): {e}") from e
 
 
 def _float_env(name: str, default: float) -> float:
@@ -39,6 +59,10 @@ class OperatorConfig:
     default_redis_url: str | None = None
     """Coordination Redis for jobs that name none (``spec.redis.url``); the chart's Redis."""
 
+    trainer_defaults: RoleSpec | None = None
+    """Trainer resources, nodeSelector and tolerations for jobs that set none (the chart's ``trainer.*``
+    values, e.g. a GPU per trainer, as the JSON RoleSpec fragment TJ_DEFAULT_TRAINER_ROLE)."""
+
     tick_s: float = 2.0
     """Every job is reconciled at least this often (heartbeats, Redis); pod events wake it at once."""
 
@@ -57,6 +81,11 @@ class OperatorConfig:
     log_json: bool = True
     log_level: str = "INFO"
 
+    @property
+    def job_defaults(self) -> tuple[str | None, RoleSpec | None]:
+        """What ``resources.admit`` fills into a job that leaves it unset: Redis URL, trainer defaults."""
+        return self.default_redis_url, self.trainer_defaults
+
     def peering_priority(self) -> int:
         return self.priority if self.priority is not None else random.randint(1, 2**31 - 1)
 
@@ -68,6 +97,7 @@ class OperatorConfig:
             namespace=os.environ.get("TJ_WATCH_NAMESPACE") or None,
             standalone=os.environ.get("TJ_STANDALONE", "") in ("1", "true", "yes"),
             default_redis_url=os.environ.get("TJ_DEFAULT_REDIS_URL") or None,
+            trainer_defaults=trainer_defaults_from_env(os.environ.get("TJ_DEFAULT_TRAINER_ROLE")),
             metrics_port=int(port) if port else None,
             tick_s=_float_env("TJ_TICK_SECONDS", 2.0),
             tune_every_s=_float_env("TJ_TUNE_EVERY_SECONDS", 30.0),

@@ -231,7 +231,7 @@ class JobCoordinator:
     async def start(self) -> bool:
         """Parse the job, restore memory, make sure the Service and ConfigMap exist."""
         try:
-            self.job, self.redis_url = resources.admit(self.body, self.ctx.config.default_redis_url)
+            self.job, self.redis_url = resources.admit(self.body, *self.ctx.config.job_defaults)
         except ManifestError:
             return False  # the validation handler reports it; nothing to coordinate
         self._spec_raw = copy.deepcopy(self.body.get("spec"))
@@ -297,7 +297,7 @@ class JobCoordinator:
             return
         self._spec_raw = copy.deepcopy(raw)
         try:
-            job, url = resources.admit(self.body, self.ctx.config.default_redis_url)
+            job, url = resources.admit(self.body, *self.ctx.config.job_defaults)
         except ManifestError as e:
             self.log.warning("spec update rejected; keeping the previous spec", error=str(e))
             return

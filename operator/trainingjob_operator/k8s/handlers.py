@@ -126,7 +126,7 @@ async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_
 def validate_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: Any,
                  logger: kopf.Logger, **_: Any) -> None:
     try:
-        resources.admit(body, context_of(memo).config.default_redis_url)
+        resources.admit(body, *context_of(memo).config.job_defaults)
     except ManifestError as e:
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         if conditions.get("Failed", {}).get("message") == str(e):
@@ -141,7 +141,7 @@ def spec_changed(body: kopf.Body, name: str, namespace: str | None, memo: Any, l
                  **_: Any) -> None:
     ctx = context_of(memo)
     try:
-        resources.admit(body, ctx.config.default_redis_url)
+        resources.admit(body, *ctx.config.job_defaults)
     except ManifestError as e:
         kopf.event(body, type="Warning", reason="SpecUpdateRejected", message=f"{e}; keeping the previous spec")
         logger.error(f"spec update rejected: {e}")
@@ -179,7 +179,7 @@ async def delete_children(body: kopf.Body, name: str, namespace: str | None, mem
     await ctx.kube.delete_object(ns, "services", resources.service_name(name))
     await ctx.kube.delete_object(ns, "configmaps", resources.config_map_name(name))
     with contextlib.suppress(ManifestError):
-        job, url = resources.admit(body, ctx.config.default_redis_url)
+        job, url = resources.admit(body, *ctx.config.job_defaults)
         for claim in resources.render_checkpoint_claims(job, owner=resources.Owner.of(body)):
             if claim["metadata"].get("ownerReferences"):  # retainPolicy Retain: the claims stay
                 await ctx.kube.delete_object(ns, "persistentvolumeclaims", claim["metadata"]["name"])

@@ -29,9 +29,11 @@ from trainingjob_operator.api.spec import (
     CheckpointVolumeKind,
     RetainPolicy,
     Role,
+    RoleSpec,
     TrainingJob,
     default_image,
 )
+from trainingjob_operator.api.template import TMP_VOLUME, PodTemplate
 from trainingjob_operator.core import contract
 from trainingjob_operator.reconcile import ReplicaId
 
@@ -94,9 +96,29 @@ def redis_url_of(job: TrainingJob, default: str | None) -> str:
     return url
 
 
-def admit(body: Any, default_redis_url: str | None) -> tuple[TrainingJob, str]:
+# The RoleSpec fields an operator-wide default may fill (the chart's trainer.resources, .gpu, .nodeSelector,
+# .tolerations, rendered into TJ_DEFAULT_TRAINER_ROLE).
+DEFAULTABLE_ROLE_FIELDS = ("resources", "node_selector", "tolerations")
+
+
+def with_trainer_defaults(job: TrainingJob, defaults: RoleSpec | None) -> TrainingJob:
+    """The job with the operator's trainer defaults in every field its own spec leaves unset: a field the
+    manifest sets (even to ``{}``) is the manifest's, whole."""
+    if defaults is None:
+        return job
+    trainer = job.spec.replicas.trainer
+    filled = {f: getattr(defaults, f) for f in DEFAULTABLE_ROLE_FIELDS
+              if f not in trainer.model_fields_set and f in defaults.model_fields_set}
+    if not filled:
+        return job
+    replicas = job.spec.replicas.model_copy(update={"trainer": trainer.model_copy(update=filled)})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"replicas": replicas})})
+
+
+def admit(body: Any, default_redis_url: str | None,
+          trainer_defaults: RoleSpec | None = None) -> tuple[TrainingJob, str]:
     """Parse and check everything the operator needs to run a job; raises ManifestError."""
-    job = parse_job(body)
+    job = with_trainer_defaults(parse_job(body), trainer_defaults)
     return job, redis_url_of(job, default_redis_url)
 
 
@@ -247,7 +269,49 @@ def _pod_security() -> dict[str, Any]:
 
 
 def _container_security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    """Restricted, and a read-only root filesystem: a replica writes only to its mounts (checkpoints, /tmp)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
+
+
+def _apply_template(pod: dict[str, Any], template: PodTemplate | None) -> dict[str, Any]:
+    """Merge a role's pod template under the operator's fields (``api.template`` rejects what would
+    override them): lists are appended, maps merged with the operator's keys winning, except the
+    security contexts, whose fields the template overrides on purpose."""
+    if template is None:
+        return pod
+    meta, spec, t = pod["metadata"], pod["spec"], template.spec
+    meta["labels"] = {**template.metadata.labels, **meta["labels"]}
+    meta["annotations"] = {**template.metadata.annotations, **meta.get("annotations", {})}
+    (main,) = (c for c in spec["containers"] if c["name"] == CONTAINER)
+    extra = template.main_container()
+    main["env"] = [*extra.get("env", []), *main["env"]]
+    if extra.get("envFrom"):
+        main["envFrom"] = list(extra["envFrom"])
+    if extra.get("volumeMounts"):
+        main["volumeMounts"] = [*main.get("volumeMounts", []), *extra["volumeMounts"]]
+    main["securityContext"] = {**main["securityContext"], **extra.get("securityContext", {})}
+    spec["securityContext"] = {**spec["securityContext"], **t.security_context}
+    spec["containers"] = [*spec["containers"], *template.sidecars()]
+    if t.init_containers:
+        spec["initContainers"] = list(t.init_containers)
+    if t.volumes:
+        spec["volumes"] = [*spec.get("volumes", []), *t.volumes]
+    if t.node_selector:
+        spec["nodeSelector"] = {**t.node_selector, **spec.get("nodeSelector", {})}
+    if t.tolerations:
+        spec["tolerations"] = [*spec.get("tolerations", []), *t.tolerations]
+    if t.image_pull_secrets:
+        spec["imagePullSecrets"] = [s.to_wire() for s in t.image_pull_secrets]
+    if t.automount_service_account_token is not None:
+        spec["automountServiceAccountToken"] = t.automount_service_account_token
+    for key, value in (("serviceAccountName", t.service_account_name), ("priorityClassName", t.priority_class_name),
+                       ("schedulerName", t.scheduler_name), ("runtimeClassName", t.runtime_class_name),
+                       ("affinity", t.affinity)):
+        if value is not None:
+            spec[key] = value
+    if t.topology_spread_constraints:
+        spec["topologySpreadConstraints"] = list(t.topology_spread_constraints)
+    return pod
 
 
 def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str, generation: int) -> dict[str, Any]:
@@ -271,19 +335,23 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
         "automountServiceAccountToken": False,  # the trainer never calls the Kubernetes API
         "containers": [container],
     }
+    # The root filesystem is read-only; /tmp is an emptyDir (torch, matplotlib and grpc write there).
+    container["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    spec["volumes"] = [{"name": TMP_VOLUME, "emptyDir": {}}]
     if rid.role in SERVER_ROLES:
         container["ports"] = [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
         container.update(_grpc_probes(job))
         if job.spec.recovery.checkpoint.object_store is None:
-            container["volumeMounts"] = [{"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT}]
-            spec["volumes"] = [checkpoint_volume(job, rid)]
+            container["volumeMounts"].append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
+            spec["volumes"].append(checkpoint_volume(job, rid))
     if role.node_selector:
         spec["nodeSelector"] = dict(role.node_selector)
     if role.tolerations:
         spec["tolerations"] = [t.to_wire() for t in role.tolerations]
     metadata = _metadata(name, job.namespace, pod_labels(job.name, rid), owner)
     metadata["annotations"] = {ANNOTATION_GENERATION: str(generation)}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    return _apply_template(pod, role.template)
 
 
 # --- the Service and the ConfigMap --------------------------------------------------------------
