@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.api.spec import RoleSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -381,7 +384,9 @@ def test_external_redis_url_can_come_from_a_secret(chart: helm_python.Chart) -> 
 
 
 def test_external_redis_url_with_a_wrong_scheme_is_refused(chart: helm_python.Chart) -> None:
-    with pytest.raises(helm_python.HelmError, match=r"redis\.external\.url"):
+    # values.schema.json refuses it first, naming the field as a JSON pointer (/redis/external/url);
+    # the template's own check (same field, dotted) is tested without the schema further down.
+    with pytest.raises(helm_python.HelmError, match=r"redis[./]external[./]url"):
         render(chart, {"redis": {"external": {"url": "http://redis:6379"}}})
 
 
@@ -466,3 +471,231 @@ def test_notes_summarise_the_install(chart: helm_python.Chart) -> None:
     notes = chart.render(EXTERNAL_REDIS, name=RELEASE, namespace=NAMESPACE)["trainingjob-operator/templates/NOTES.txt"]
     assert "redis://redis.infra.svc:6379/3 (external)" in notes
     assert f'kopf peering "{FULLNAME}"' in notes
+
+
+# --- values.schema.json -------------------------------------------------------------------------
+# Helm itself checks values against the schema (and the schema against the draft-07 meta-schema)
+# before it renders anything: these tests go through the same engine as `helm install`.
+
+SCHEMA_FILE = CHART / "values.schema.json"
+
+
+def load_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_FILE.read_text())
+    return schema
+
+
+def resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` ("#/definitions/name"); the schema uses no other kind."""
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/definitions/"), f"unexpected $ref {ref}"
+        node = schema["definitions"][ref.removeprefix("#/definitions/")]
+    return node
+
+
+def undescribed(schema: dict[str, Any], node: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Keys of `value` (a values.yaml subtree) that the schema `node` does not list in its properties.
+
+    A node without `properties` is a free-form map (resources, nodeSelector, ...): its keys are
+    data, not chart settings. Every other mapping key, at any depth, list items included, must
+    be a property.
+    """
+    node = resolve(schema, node)
+    missing: list[str] = []
+    if isinstance(value, dict) and "properties" in node:
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else key
+            if key in node["properties"]:
+                missing += undescribed(schema, node["properties"][key], child, where)
+            else:
+                missing.append(where)
+    elif isinstance(value, list) and "items" in node:
+        for i, item in enumerate(value):
+            missing += undescribed(schema, node["items"], item, f"{path}[{i}]")
+    return missing
+
+
+def unused(schema: dict[str, Any], node: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Schema properties of a chart-settings mapping that values.yaml does not have (dead keys)."""
+    node = resolve(schema, node)
+    if not (isinstance(value, dict) and value and "properties" in node):
+        return []
+    dead: list[str] = []
+    for key, child in node["properties"].items():
+        where = f"{path}.{key}" if path else key
+        dead += unused(schema, child, value[key], where) if key in value else [where]
+    return dead
+
+
+def open_objects(schema: dict[str, Any], node: dict[str, Any], path: str) -> set[str]:
+    """Paths of the schema's objects that accept keys they do not list."""
+    node = resolve(schema, node)
+    found: set[str] = set()
+    if node.get("type") == "object" and node.get("additionalProperties") is not False:
+        found.add(path)
+    for key, child in node.get("properties", {}).items():
+        found |= open_objects(schema, child, f"{path}.{key}" if path else key)
+    if "items" in node:
+        found |= open_objects(schema, node["items"], f"{path}[]")
+    return found
+
+
+# Maps whose keys are Kubernetes data, not chart settings. Opening another level must be deliberate.
+FREE_FORM = {
+    "commonLabels",
+    "serviceAccount.annotations",
+    "metrics.serviceMonitor.labels",
+    "operator.extraEnv[]",
+    "trainer.resources.requests",
+    "trainer.resources.limits",
+    "trainer.nodeSelector",
+    *(
+        f"{part}.{key}"
+        for part in ("operator", "redis")
+        for key in ("resources", "nodeSelector", "affinity", "podSecurityContext", "securityContext")
+    ),
+    "operator.podAnnotations",
+    "operator.podLabels",
+}
+
+
+def test_chart_ships_the_schema_as_draft_07(chart: helm_python.Chart) -> None:
+    schema = load_schema()
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert chart.schema == schema
+
+
+def test_default_values_pass_the_schema(chart: helm_python.Chart) -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart.validate_schema(defaults)
+    # The same defaults given explicitly, as `helm install -f values.yaml` would, render too.
+    assert render(chart, defaults)
+
+
+def test_every_key_in_values_yaml_is_described_by_the_schema() -> None:
+    schema = load_schema()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert undescribed(schema, schema, values, "") == []
+    assert unused(schema, schema, values, "") == []
+
+
+def test_schema_closes_every_level_except_free_form_maps() -> None:
+    schema = load_schema()
+    assert open_objects(schema, schema, "") == FREE_FORM
+
+
+BAD_VALUES = [
+    pytest.param(
+        {"operator": {"replicas": "two"}}, "'/operator/replicas': got string, want integer", id="replicas-string"
+    ),
+    pytest.param({"operator": {"replicas": 0}}, "'/operator/replicas': minimum", id="replicas-zero"),
+    pytest.param({"operator": {"replicas": None}}, "'/operator': missing property 'replicas'", id="replicas-null"),
+    pytest.param(
+        {"operator": {"image": {"pullPolicy": "Sometimes"}}}, "'/operator/image/pullPolicy'", id="pull-policy"
+    ),
+    pytest.param({"redis": {"image": {"pullPolicy": "always"}}}, "'/redis/image/pullPolicy'", id="redis-pull-policy"),
+    pytest.param(
+        {"trainer": {"gpu": {"count": "1"}}}, "'/trainer/gpu/count': got string, want integer", id="gpu-count-string"
+    ),
+    pytest.param({"trainer": {"gpu": {"count": 0}}}, "'/trainer/gpu/count': minimum", id="gpu-count-zero"),
+    pytest.param({"opertor": {"replicas": 1}}, "'opertor' not allowed", id="misspelt-top-level-key"),
+    pytest.param({"operator": {"replica": 1}}, "'replica' not allowed", id="misspelt-nested-key"),
+    pytest.param({"redis": {"appendfsync": "sometimes"}}, "'/redis/appendfsync'", id="appendfsync"),
+    pytest.param({"operator": {"metricsPort": 70000}}, "'/operator/metricsPort': maximum", id="metrics-port"),
+    pytest.param({"operator": {"healthPort": 0}}, "'/operator/healthPort': minimum", id="health-port"),
+    pytest.param({"metrics": {"service": {"type": "Internal"}}}, "'/metrics/service/type'", id="service-type"),
+    pytest.param({"redis": {"external": {"url": "http://redis:6379"}}}, "'/redis/external/url'", id="redis-url"),
+    pytest.param(
+        {"trainer": {"resources": {"limits": {"cpu": 0.5}}}},
+        "'/trainer/resources/limits/cpu'",
+        id="fractional-trainer-quantity",
+    ),
+    pytest.param(
+        {"trainer": {"resources": {"limit": {"cpu": "1"}}}}, "'limit' not allowed", id="misspelt-trainer-resources"
+    ),
+    pytest.param(
+        {"trainer": {"gpu": {"tolerations": [{"key": "gpu", "efect": "NoSchedule"}]}}},
+        "'efect' not allowed",
+        id="misspelt-toleration",
+    ),
+    pytest.param({"operator": {"watchNamespaces": ["Team_A"]}}, "'/operator/watchNamespaces/0'", id="namespace"),
+    pytest.param(
+        {"operator": {"peering": {"enabled": "yes"}}}, "'/operator/peering/enabled': got string", id="boolean-as-string"
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES)
+def test_bad_values_are_refused_naming_the_field(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as refused:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(refused.value)
+
+
+def test_helm_lint_reports_schema_violations() -> None:
+    report = helm_python.lint(CHART, {"operator": {"replicas": "two"}}, namespace=NAMESPACE)
+    assert any("/operator/replicas" in error for error in report["errors"])
+
+
+def test_templates_still_refuse_a_wrong_redis_scheme_without_the_schema(tmp_path: Path) -> None:
+    """`helm install --skip-schema-validation` bypasses the schema; the template's check remains."""
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy)
+    (copy / "values.schema.json").unlink()
+    with (
+        helm_python.Chart.load(copy) as loaded,
+        pytest.raises(helm_python.HelmError, match=r"redis\.external\.url must start with redis://"),
+    ):
+        loaded.render({"redis": {"external": {"url": "http://redis:6379"}}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_readme_table_names_only_keys_the_schema_has() -> None:
+    schema = load_schema()
+    readme = (CHART / "README.md").read_text()
+    table = readme.split("## Values are checked", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    # Full paths only: `.scrapeTimeout` continues the previous key, `*.tolerations` means several.
+    keys = [key for cell in first_cells for key in re.findall(r"`([a-zA-Z][a-zA-Z.]*)`", cell)]
+    assert len(keys) >= 15
+    for key in keys:
+        node = schema
+        for part in key.split("."):
+            node = resolve(schema, node)
+            assert part in node.get("properties", {}), f"README names {key}, the schema has no {part}"
+            node = node["properties"][part]
+
+
+# --- NOTES.txt ----------------------------------------------------------------------------------
+
+HEREDOC = re.compile(r"^kubectl apply(?P<ns>(?: -n \S+)?) -f - <<'EOF'\n(?P<body>.*?)\nEOF$", re.MULTILINE | re.DOTALL)
+
+
+def notes(chart: helm_python.Chart, values: dict[str, Any]) -> str:
+    text: str = chart.render(values, name=RELEASE, namespace=NAMESPACE)["trainingjob-operator/templates/NOTES.txt"]
+    return text
+
+
+@pytest.mark.parametrize("values", VARIANTS)
+def test_notes_print_a_valid_training_job_to_apply(chart: helm_python.Chart, values: dict[str, Any]) -> None:
+    text = notes(chart, values)
+    # No file the chart user may not have.
+    assert "-f examples/" not in text
+    (found,) = HEREDOC.finditer(text)
+    manifest = yaml.safe_load(found["body"])
+    job = parse_manifest(manifest, "NOTES.txt")
+    assert job.name == "dlrm-small"
+    # The same small job as the repository's example, so the two cannot drift apart.
+    assert manifest == yaml.safe_load((ROOT / "examples" / "dlrm-small.yaml").read_text())
+    watched = values.get("operator", {}).get("watchNamespaces", [])
+    expected_ns = f" -n {watched[0]}" if watched else ""
+    assert found["ns"] == expected_ns
+    assert f"kubectl get tj{expected_ns} -w" in text
+
+
+def test_notes_name_the_gpus_each_trainer_gets(chart: helm_python.Chart) -> None:
+    job_part = notes(chart, GPU).split("Run a small job", 1)[1]
+    assert "Each trainer gets 2 x nvidia.com/gpu" in job_part
+    assert "gpu" not in notes(chart, {}).split("Run a small job", 1)[1].lower()
