@@ -64,6 +64,8 @@ def job_manifest(name: str, namespace: str, trainers: int, servers: int, mode: s
                 # Nothing heartbeats here: keep hung-replica detection out of the measurement.
                 "heartbeatTimeoutSeconds": 36000,
                 "restartBudget": {"maxRestarts": 1000, "windowSeconds": 600},
+                # Replacement latency is what is measured: no backoff for a replica failed again and again.
+                "failurePolicy": {"backoff": {"enabled": False}},
             },
         },
     }

@@ -39,8 +39,9 @@ def manifest(name: str, samples: int) -> dict[str, Any]:
     body = yaml.safe_load((ROOT / "examples" / "dlrm-local.yaml").read_text())
     body["metadata"]["name"] = name
     body["spec"]["data"]["trainSamples"] = samples
-    # The one change from the defaults: hundreds of kills must not spend the restart budget.
+    # The changes from the defaults: hundreds of kills must neither spend the restart budget nor back off.
     body["spec"]["recovery"]["restartBudget"] = {"maxRestarts": 100_000, "windowSeconds": 600}
+    body["spec"]["recovery"]["failurePolicy"] = {"backoff": {"enabled": False}}
     return body
 
 

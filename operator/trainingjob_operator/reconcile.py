@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from trainingjob_operator.api.spec import ROLES, Role, TrainingJobSpec
+from trainingjob_operator.api.spec import DISRUPTION_REASONS, ROLES, FailureAction, Role, TrainingJobSpec
 from trainingjob_operator.api.status import Condition, Phase, RoleReplicaStatus
 
 EXIT_PERMANENT = 78  # EX_CONFIG from sysexits.h: retrying cannot help
@@ -50,6 +50,13 @@ class ConditionType(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     CHECKPOINTS_DURABLE = "CheckpointsDurable"  # False: a replaced server loses its shard (emptyDir)
+    STUCK = "Stuck"  # True: a replica cannot start (image, scheduling, config, create errors); names them
+
+
+# Why a replica that has not started cannot start on its own: the kubelet's waiting reasons, the
+# scheduler's, and a create request the API server refused. A pod pulling its image is merely pending.
+STUCK_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                                   "CreateContainerConfigError", "CreateContainerError", "Unschedulable"})
 
 
 @dataclass(frozen=True, order=True)
@@ -103,6 +110,8 @@ class ObservedReplica:
     started_at: float | None = None
     heartbeat_at: float | None = None  # last heartbeat the replica wrote to Redis
     deleting: bool = False  # deletion already requested (pod has deletionTimestamp)
+    waiting_reason: str | None = None  # why a pending replica cannot start (STUCK_WAITING_REASONS)
+    waiting_message: str = ""  # the kubelet's or scheduler's words for it
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,20 @@ class JobMemory:
     conditions: tuple[Condition, ...] = ()
     start_time: float | None = None
     completion_time: float | None = None
+    # Create requests the shell could not make: replica -> (first failure, reason, message). Cleared on success.
+    create_errors: Mapping[str, tuple[float, str, str]] = field(default_factory=dict)
+    not_before: Mapping[str, float] = field(default_factory=dict)  # backoff: no replacement before this time
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """A replica that cannot start: its pod waits on a reason that will not clear by itself, or its create
+    request keeps failing."""
+
+    id: ReplicaId
+    reason: str
+    message: str
+    since: float  # when its create was asked for (or first refused)
 
 
 @dataclass(frozen=True)
@@ -238,14 +261,122 @@ def _failure_of(
     return None
 
 
+def stuck_replicas(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica],
+                   memory: JobMemory, now: float) -> list[Stuck]:
+    """Every replica that cannot start now, with why and since when."""
+    out = []
+    for rid in desired_replicas(spec):
+        name = rid.name
+        obs = observed.get(rid)
+        if obs is None and name in memory.create_errors:
+            since, reason, message = memory.create_errors[name]
+            out.append(Stuck(rid, reason, message, since))
+        elif obs is not None and obs.phase is ReplicaPhase.PENDING and not obs.deleting and obs.waiting_reason:
+            out.append(Stuck(rid, obs.waiting_reason, obs.waiting_message, memory.created_at.get(name, now)))
+    return out
+
+
+def _not_started(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], memory: JobMemory,
+                 stuck: list[Stuck]) -> list[tuple[ReplicaId, float, Stuck | None]]:
+    """Replicas asked for and not running yet: (replica, since, why stuck if it is)."""
+    why = {s.id: s for s in stuck}
+    out: list[tuple[ReplicaId, float, Stuck | None]] = []
+    for rid in desired_replicas(spec):
+        obs = observed.get(rid)
+        if rid in why:
+            out.append((rid, why[rid].since, why[rid]))
+        elif obs is not None and obs.phase is ReplicaPhase.PENDING and not obs.deleting \
+                and rid.name in memory.created_at:
+            out.append((rid, memory.created_at[rid.name], None))
+    return out
+
+
+def _run_policy_violation(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], memory: JobMemory,
+                          stuck: list[Stuck], now: float) -> tuple[str, str] | None:
+    """(reason, message) when ``runPolicy`` ends the job: past its active deadline, or a replica pending
+    (stuck or not) for longer than ``pendingTimeoutSeconds``; the stuck reason names the failure."""
+    policy = spec.run_policy
+    started = memory.start_time if memory.start_time is not None else now
+    if policy.active_deadline_seconds is not None and now - started > policy.active_deadline_seconds:
+        return ("DeadlineExceeded", f"the job ran longer than runPolicy.activeDeadlineSeconds "
+                                    f"({policy.active_deadline_seconds:g}s)")
+    timeout = policy.pending_timeout_seconds
+    if timeout is None:
+        return None
+    late = [(rid, why) for rid, since, why in _not_started(spec, observed, memory, stuck) if now - since > timeout]
+    for rid, why in sorted(late, key=lambda item: item[1] is None):  # a stuck one says why: name it first
+        detail = f": {why.reason}: {why.message}" if why is not None else ""
+        return (why.reason if why is not None else "PendingTimeout",
+                f"{rid.name} did not start within runPolicy.pendingTimeoutSeconds ({timeout:g}s){detail}")
+    return None
+
+
+def stuck_condition(conditions: tuple[Condition, ...], stuck: list[Stuck], now: float) -> tuple[Condition, ...]:
+    """``Stuck``: True naming every stuck replica and its reason; False once none is (absent until one was)."""
+    if stuck:
+        message = "; ".join(f"{s.id.name}: {s.reason}" + (f" ({s.message})" if s.message else "") for s in stuck)
+        return set_condition(conditions, ConditionType.STUCK, True, stuck[0].reason, message, now)
+    if any(c.type == ConditionType.STUCK and c.status == "True" for c in conditions):
+        return set_condition(conditions, ConditionType.STUCK, False, "NoneStuck", "every replica could start", now)
+    return conditions
+
+
 def _recent(times: tuple[float, ...], now: float, window: float) -> tuple[float, ...]:
     return tuple(t for t in times if now - t <= window)
 
 
+def failure_action(spec: TrainingJobSpec, failure: FailureEvent) -> FailureAction:
+    """What the failure policy says of this failure: the first matching rule of ``failurePolicy.rules``, else
+    the defaults (exit code 78 fails the job, a disruption is ignored unless ``countDisruptions``, the rest
+    counts)."""
+    policy = spec.recovery.failure_policy
+    for rule in policy.rules:
+        if rule.on_exit_codes is not None:
+            if failure.exit_code is None:
+                continue
+            inside = failure.exit_code in rule.on_exit_codes.values
+            if inside == (rule.on_exit_codes.operator == "In"):
+                return rule.action
+        elif rule.on_reasons is not None and failure.reason in rule.on_reasons:
+            return rule.action
+    if failure.exit_code == EXIT_PERMANENT:
+        return FailureAction.FAIL_JOB
+    if failure.reason in DISRUPTION_REASONS and not policy.count_disruptions:
+        return FailureAction.IGNORE
+    return FailureAction.COUNT
+
+
+def _counted_window(spec: TrainingJobSpec) -> float:
+    """How long a counted failure is remembered: for the restart budget and for the backoff."""
+    return max(spec.recovery.restart_budget.window_seconds, spec.recovery.failure_policy.backoff.window_seconds)
+
+
+def replacement_delay(spec: TrainingJobSpec, counted: tuple[float, ...], now: float) -> float:
+    """Seconds to wait before replacing a replica whose counted failures (this one included) are ``counted``:
+    none for the first ``immediateReplacements`` within the backoff window, then ``initialSeconds`` doubling
+    to ``maxSeconds``."""
+    backoff = spec.recovery.failure_policy.backoff
+    if not backoff.enabled:
+        return 0.0
+    recent = len(_recent(counted, now, backoff.window_seconds))
+    beyond = recent - backoff.immediate_replacements
+    if beyond <= 0:
+        return 0.0
+    return min(backoff.max_seconds, backoff.initial_seconds * 2 ** (beyond - 1))
+
+
 def _fatal(failure: FailureEvent, memory: JobMemory, spec: TrainingJobSpec, now: float) -> tuple[str, str] | None:
     """(reason, message) when this failure must fail the whole job."""
-    if failure.exit_code == EXIT_PERMANENT:
-        return ("PermanentError", f"{failure.id.name} exited with code 78 (configuration error); not retried")
+    action = failure_action(spec, failure)
+    if action is FailureAction.FAIL_JOB:
+        if failure.exit_code == EXIT_PERMANENT and not any(r.action is FailureAction.FAIL_JOB
+                                                           for r in spec.recovery.failure_policy.rules):
+            return ("PermanentError", f"{failure.id.name} exited with code 78 (configuration error); not retried")
+        code = f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""
+        return ("FailurePolicy", f"{failure.id.name} failed: {failure.reason}{code}; recovery.failurePolicy says "
+                                 "FailJob")
+    if action is FailureAction.IGNORE:
+        return None
     budget = spec.recovery.restart_budget
     recent = _recent(memory.restart_times.get(failure.id.name, ()), now, budget.window_seconds)
     if len(recent) >= budget.max_restarts:
@@ -304,6 +435,10 @@ def reconcile(
                 if (f := _failure_of(rid, observed.get(rid), mem, spec, now, heard_since)) is not None]
     if (fatal := _fatal_decision(spec, observed, mem, failures, mode, now)) is not None:
         return fatal
+    stuck = stuck_replicas(spec, observed, mem, now)
+    mem = dataclasses.replace(mem, conditions=stuck_condition(mem.conditions, stuck, now))
+    if (violation := _run_policy_violation(spec, observed, mem, stuck, now)) is not None:
+        return _failed(spec, observed, mem, *violation, now)
     plan = _replace_failed(spec, observed, mem, failures, mode, now)
     plan = _repeat_lost_deletes(spec, observed, plan, mode)
     plan = _create_missing(spec, observed, mem, failures, plan, now)
@@ -323,6 +458,7 @@ class _Plan:
     conditions: tuple[Condition, ...]
     created_at: dict[str, float] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    not_before: dict[str, float] = field(default_factory=dict)
 
 
 def _note_succeeded_trainers(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica],
@@ -357,14 +493,21 @@ def _fatal_decision(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Observed
         if fatal is None:
             continue
         reason, message = fatal
-        conditions = set_condition(mem.conditions, ConditionType.FAILED, True, reason, message, now)
-        conditions = set_condition(conditions, ConditionType.RECOVERING, False, reason, "", now)
-        conditions = set_condition(conditions, ConditionType.RUNNING, False, reason, "", now)
-        mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
-                                  failures=mem.failures + 1, last_failure=failure, replacing=frozenset())
-        actions = [RecordFailure(failure, mem.generation, mode), *_stop_everything(observed, reason)]
-        return Decision(actions, mem, _replica_status(spec, observed, mem))
+        mem = dataclasses.replace(mem, failures=mem.failures + 1, last_failure=failure)
+        return _failed(spec, observed, mem, reason, message, now, RecordFailure(failure, mem.generation, mode))
     return None
+
+
+def _failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory, reason: str,
+            message: str, now: float, record: RecordFailure | None = None) -> Decision:
+    """The job Failed: Failed=True, Running and Recovering False, and everything still running stopped."""
+    conditions = set_condition(mem.conditions, ConditionType.FAILED, True, reason, message, now)
+    conditions = set_condition(conditions, ConditionType.RECOVERING, False, reason, "", now)
+    conditions = set_condition(conditions, ConditionType.RUNNING, False, reason, "", now)
+    mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
+                              replacing=frozenset())
+    actions: list[Action] = [record] if record is not None else []
+    return Decision([*actions, *_stop_everything(observed, reason)], mem, _replica_status(spec, observed, mem))
 
 
 def _replace_failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
@@ -372,17 +515,22 @@ def _replace_failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Observed
     """Record each failure and delete what it replaces: the failed replicas (partial) or every
     unfinished one (full), one generation up."""
     plan = _Plan(actions=[], replacing=set(mem.replacing), restart_times=dict(mem.restart_times),
-                 restarts=dict(mem.restarts), generation=mem.generation, conditions=mem.conditions)
+                 restarts=dict(mem.restarts), generation=mem.generation, conditions=mem.conditions,
+                 not_before={k: t for k, t in mem.not_before.items() if t > now})
     if not failures:
         return plan
     plan.generation += 1
     to_replace = ({f.id for f in failures} if mode == "partial"
                   else {rid for rid in desired_replicas(spec) if rid.name not in mem.succeeded})
+    waits = []
     for failure in failures:
-        plan.restart_times[failure.id.name] = (
-            *_recent(plan.restart_times.get(failure.id.name, ()), now, spec.recovery.restart_budget.window_seconds),
-            now,
-        )
+        if failure_action(spec, failure) is FailureAction.COUNT:
+            name = failure.id.name
+            plan.restart_times[name] = (*_recent(plan.restart_times.get(name, ()), now, _counted_window(spec)), now)
+            delay = replacement_delay(spec, plan.restart_times[name], now)
+            if delay > 0:
+                plan.not_before[name] = now + delay
+                waits.append(f"{name} in {delay:g}s")
         plan.actions.append(RecordFailure(failure, plan.generation, mode))
     for rid in sorted(to_replace):
         if rid.name in plan.replacing:
@@ -393,9 +541,10 @@ def _replace_failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Observed
         if obs is not None and not obs.deleting:
             plan.actions.append(DeleteReplica(rid, f"Replace:{mode}", recreate=True))
     names = ", ".join(f.id.name for f in failures)
+    backing_off = f"; backing off: {', '.join(waits)}" if waits else ""
     plan.conditions = set_condition(plan.conditions, ConditionType.RECOVERING, True, failures[-1].reason,
                                     f"replacing {names if mode == 'partial' else 'all replicas'} "
-                                    f"({mode} recovery, generation {plan.generation})", now)
+                                    f"({mode} recovery, generation {plan.generation}){backing_off}", now)
     return plan
 
 
@@ -423,6 +572,8 @@ def _create_missing(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Observed
         name = rid.name
         if name in mem.succeeded or rid in observed:
             continue
+        if name in plan.replacing and plan.not_before.get(name, 0.0) > now:
+            continue  # backing off: a replica that keeps failing waits before its next replacement
         if name in plan.replacing or name not in plan.created_at:
             reason = CreateReason.REPLACEMENT if name in plan.replacing else CreateReason.INITIAL
             plan.actions.append(CreateReplica(rid, plan.generation, reason))
@@ -463,6 +614,7 @@ def _next_memory(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedRep
         seen=frozenset(plan.seen),
         replacing=frozenset(plan.replacing),
         restart_times=plan.restart_times,
+        not_before=plan.not_before,
         restarts=plan.restarts,
         failures=mem.failures + len(failures),
         last_failure=failures[-1] if failures else mem.last_failure,

@@ -318,3 +318,171 @@ def test_a_restarted_shell_with_its_memory_recreates_nothing() -> None:
 def test_a_restarted_shell_without_memory_adopts_what_runs() -> None:
     decision = reconcile(make_spec(), cluster(), JobMemory(), NOW)
     assert decision.actions == []
+
+
+# --- stuck replicas and the run policy ------------------------------------------------------------
+
+
+def with_run_policy(**policy: Any) -> TrainingJobSpec:
+    return TrainingJobSpec.model_validate({"recovery": {"heartbeatTimeoutSeconds": 10}, "runPolicy": policy})
+
+
+def test_a_pending_replica_waiting_on_an_image_pull_backoff_is_stuck_not_failed() -> None:
+    pulling = replica(T1, ReplicaPhase.PENDING, heartbeat_at=None, started_at=None, waiting_reason="ImagePullBackOff",
+                      waiting_message="Back-off pulling image")
+    memory = running_memory(phase=Phase.PENDING, created_at={rid.name: NOW - 5 for rid in ALL})
+    decision = reconcile(make_spec(), cluster(trainer_1=pulling), memory, NOW)
+    stuck = condition(decision, "Stuck")
+    assert (stuck.status, stuck.reason) == ("True", "ImagePullBackOff")
+    assert stuck.message == "trainer-1: ImagePullBackOff (Back-off pulling image)"
+    assert decision.actions == [] and decision.phase is Phase.PENDING
+    # Once it runs, the condition says so; it was never there for a job that never had a stuck replica.
+    later = reconcile(make_spec(), cluster(), decision.memory, NOW + 30)
+    assert (condition(later, "Stuck").status, condition(later, "Stuck").reason) == ("False", "NoneStuck")
+    fresh = reconcile(make_spec(), cluster(), running_memory(), NOW)
+    assert all(c.type != "Stuck" for c in fresh.memory.conditions)
+
+
+def test_a_refused_create_is_stuck_and_the_pending_timeout_fails_the_job_naming_it() -> None:
+    memory = running_memory(phase=Phase.PENDING,
+                            create_errors={"trainer-0": (NOW - 100, "Forbidden", "exceeded quota: gpu")})
+    memory = dataclasses.replace(memory, created_at={k: v for k, v in memory.created_at.items() if k != "trainer-0"})
+    observed = cluster(trainer_0=None)
+    waiting = reconcile(make_spec(), observed, memory, NOW)
+    assert condition(waiting, "Stuck").message == "trainer-0: Forbidden (exceeded quota: gpu)"
+    assert ("CreateReplica", "trainer-0") in kinds(waiting)  # the shell retries it (with its backoff)
+
+    failed = reconcile(with_run_policy(pendingTimeoutSeconds=60), observed, memory, NOW)
+    assert failed.phase is Phase.FAILED
+    failed_condition = condition(failed, "Failed")
+    assert failed_condition.reason == "Forbidden"
+    assert failed_condition.message == ("trainer-0 did not start within runPolicy.pendingTimeoutSeconds (60s): "
+                                        "Forbidden: exceeded quota: gpu")
+    assert condition(failed, "Running").status == "False"
+    assert all(isinstance(a, DeleteReplica) and not a.recreate for a in failed.actions)
+
+
+def test_the_pending_timeout_counts_from_the_replicas_own_create_and_names_a_stuck_one_first() -> None:
+    spec = with_run_policy(pendingTimeoutSeconds=60)
+    slow = replica(E0, ReplicaPhase.PENDING, heartbeat_at=None, started_at=None)  # pulling a large image
+    unschedulable = replica(T0, ReplicaPhase.PENDING, heartbeat_at=None, started_at=None,
+                            waiting_reason="Unschedulable", waiting_message="0/3 nodes: Insufficient nvidia.com/gpu")
+    created = {rid.name: NOW - 30 for rid in ALL}
+    within = reconcile(spec, cluster(embedding_server_0=slow, trainer_0=unschedulable),
+                       running_memory(created_at=created), NOW)
+    assert within.phase is not Phase.FAILED  # 30 s < 60 s
+    late = reconcile(spec, cluster(embedding_server_0=slow, trainer_0=unschedulable),
+                     running_memory(created_at=created), NOW + 31)
+    assert (late.phase, condition(late, "Failed").reason) == (Phase.FAILED, "Unschedulable")
+    only_slow = reconcile(spec, cluster(embedding_server_0=slow), running_memory(created_at=created), NOW + 31)
+    assert (only_slow.phase, condition(only_slow, "Failed").reason) == (Phase.FAILED, "PendingTimeout")
+    # A replacement created a moment ago is within its own timeout, however old the job is.
+    replaced = dict(created, **{"trainer-0": NOW + 20})
+    fine = reconcile(spec, cluster(trainer_0=unschedulable), running_memory(created_at=replaced), NOW + 31)
+    assert fine.phase is not Phase.FAILED
+
+
+def test_the_active_deadline_fails_a_running_job() -> None:
+    spec = with_run_policy(activeDeadlineSeconds=400)
+    assert reconcile(spec, cluster(), running_memory(start_time=NOW - 399), NOW).phase is Phase.RUNNING
+    over = reconcile(spec, cluster(), running_memory(start_time=NOW - 401), NOW)
+    assert over.phase is Phase.FAILED
+    assert condition(over, "Failed").reason == "DeadlineExceeded"
+    assert condition(over, "Failed").message == "the job ran longer than runPolicy.activeDeadlineSeconds (400s)"
+    assert sorted(a.id.name for a in over.actions if isinstance(a, DeleteReplica)) == sorted(r.name for r in ALL)
+
+
+# --- the failure policy: disruptions, rules, backoff ----------------------------------------------
+
+
+def with_policy(**policy: Any) -> TrainingJobSpec:
+    return TrainingJobSpec.model_validate({"recovery": {"heartbeatTimeoutSeconds": 10, "failurePolicy": policy,
+                                                        "restartBudget": {"maxRestarts": 2, "windowSeconds": 600}}})
+
+
+def fail_repeatedly(spec: TrainingJobSpec, make: Any, times: int, every: float = 5.0) -> Decision:
+    """Fail trainer-0 ``times`` times, ``every`` seconds apart: each time its pod fails, the core deletes it,
+    and one step later (the pod gone) the core may create the replacement, which then runs. Returns the
+    decision of that last step (or of the step that failed the job)."""
+    memory, now = running_memory(), NOW
+    decision = None
+    for i in range(times):
+        decision = reconcile(spec, cluster(trainer_0=make(i)), memory, now)
+        if decision.phase is Phase.FAILED:
+            return decision
+        decision = reconcile(spec, cluster(trainer_0=None), decision.memory, now + 0.5)
+        memory, now = decision.memory, now + every
+    assert decision is not None
+    return decision
+
+
+def test_evictions_and_deleted_pods_do_not_spend_the_restart_budget_by_default() -> None:
+    evicted = lambda i: replica(T0, ReplicaPhase.FAILED, reason="Evicted", instance=f"t0-{i}")  # noqa: E731
+    drained = fail_repeatedly(with_policy(), evicted, times=6)
+    assert drained.phase is not Phase.FAILED and drained.memory.restart_times.get("trainer-0", ()) == ()
+    assert ("CreateReplica", "trainer-0") in kinds(drained)  # replaced at once, no backoff either
+    counted = fail_repeatedly(with_policy(countDisruptions=True), evicted, times=3)
+    assert (counted.phase, condition(counted, "Failed").reason) == (Phase.FAILED, "RestartBudgetExhausted")
+    crashed = lambda i: replica(T0, ReplicaPhase.FAILED, exit_code=1, instance=f"t0-{i}")  # noqa: E731
+    assert fail_repeatedly(with_policy(), crashed, times=3).phase is Phase.FAILED
+
+
+def test_a_disruption_target_reason_and_a_deletion_are_disruptions() -> None:
+    for reason in ("EvictionByEvictionAPI", "PreemptionByScheduler", "DeletionByTaintManager", "Deleted"):
+        make = lambda i, r=reason: replica(T0, ReplicaPhase.FAILED, reason=r, instance=f"t0-{i}")  # noqa: E731
+        assert fail_repeatedly(with_policy(), make, times=5).phase is not Phase.FAILED, reason
+
+
+def test_failure_rules_match_exit_codes_and_reasons_first() -> None:
+    oom = lambda i: replica(T0, ReplicaPhase.FAILED, reason="OOMKilled", exit_code=137, instance=f"t0-{i}")  # noqa: E731
+    fatal = with_policy(rules=[{"action": "FailJob", "onReasons": ["OOMKilled"]}])
+    decision = fail_repeatedly(fatal, oom, times=1)
+    assert (decision.phase, condition(decision, "Failed").reason) == (Phase.FAILED, "FailurePolicy")
+    assert "trainer-0 failed: OOMKilled (exit code 137)" in condition(decision, "Failed").message
+    ignore_flaky = with_policy(rules=[{"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3, 137]}}])
+    assert fail_repeatedly(ignore_flaky, oom, times=6).phase is not Phase.FAILED
+    # NotIn: everything but exit code 1 fails the job.
+    strict = with_policy(rules=[{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [1]}}])
+    assert fail_repeatedly(strict, oom, times=1).phase is Phase.FAILED
+    # A user rule may even retry exit code 78.
+    config = lambda i: replica(T0, ReplicaPhase.FAILED, exit_code=78, instance=f"t0-{i}")  # noqa: E731
+    retry78 = with_policy(rules=[{"action": "Count", "onExitCodes": {"operator": "In", "values": [78]}}])
+    assert fail_repeatedly(retry78, config, times=1).phase is not Phase.FAILED
+    assert condition(fail_repeatedly(with_policy(), config, times=1), "Failed").reason == "PermanentError"
+
+
+def test_a_replica_that_keeps_failing_is_replaced_after_a_doubling_backoff() -> None:
+    spec = TrainingJobSpec.model_validate({"recovery": {"restartBudget": {"maxRestarts": 100, "windowSeconds": 600}}})
+    memory, now, delays = running_memory(), NOW, []
+    for i in range(6):
+        decision = reconcile(spec, cluster(trainer_0=replica(T0, ReplicaPhase.FAILED, exit_code=1,
+                                                             instance=f"t0-{i}")), memory, now)
+        memory = decision.memory
+        # The failed pod is deleted; find when the core creates its replacement.
+        waited = 0.0
+        while True:
+            decision = reconcile(spec, cluster(trainer_0=None), memory, now + waited)
+            memory = decision.memory
+            if any(isinstance(a, CreateReplica) for a in decision.actions):
+                break
+            waited += 1.0
+        delays.append(waited)
+        now += waited + 1.0
+    assert delays == [0.0, 0.0, 10.0, 20.0, 40.0, 80.0]
+    assert "backing off: trainer-0 in 80s" in condition(decision, "Recovering").message
+    # Healthy for a whole window: the next failure is replaced at once again.
+    later = now + 601
+    decision = reconcile(spec, cluster(trainer_0=replica(T0, ReplicaPhase.FAILED, exit_code=1, instance="late")),
+                         memory, later)
+    decision = reconcile(spec, cluster(trainer_0=None), decision.memory, later)
+    assert ("CreateReplica", "trainer-0") in kinds(decision)
+
+
+def test_backoff_can_be_switched_off_and_tuned() -> None:
+    off = TrainingJobSpec.model_validate({"recovery": {"failurePolicy": {"backoff": {"enabled": False}}}})
+    from trainingjob_operator.reconcile import replacement_delay
+
+    assert replacement_delay(off, (NOW - 3, NOW - 2, NOW - 1, NOW), NOW) == 0.0
+    tuned = TrainingJobSpec.model_validate({"recovery": {"failurePolicy": {"backoff": {
+        "immediateReplacements": 0, "initialSeconds": 5, "maxSeconds": 12}}}})
+    assert [replacement_delay(tuned, tuple(NOW - i for i in range(n)), NOW) for n in (1, 2, 3, 4)] == [5, 10, 12, 12]

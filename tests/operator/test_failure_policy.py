@@ -108,3 +108,42 @@ async def test_an_invalid_spec_update_is_rejected_and_the_job_keeps_running(
     await quietly(0.5)
     assert cluster.uids("upd") == before
     assert cluster.phase("upd") == "Running"
+
+
+async def test_a_drain_that_evicts_one_replica_again_and_again_does_not_fail_the_job(
+    cluster: Cluster, operator: Operator
+) -> None:
+    """Evictions are the cluster's doing: by default they spend no restart budget and wait no backoff."""
+    await cluster.create_job(manifest("drain", recovery={"restartBudget": {"maxRestarts": 1, "windowSeconds": 600}}))
+    uids = await eventually(lambda: cluster.running("drain", 5), what="5 running pods")
+    for attempt in range(4):
+        previous = uids["drain-trainer-0"]
+        await cluster.api.evict_pod(NAMESPACE, "drain-trainer-0")
+        uids = await eventually(lambda p=previous: (u := cluster.running("drain", 5)) and u["drain-trainer-0"] != p
+                                and u, what=f"replacement {attempt + 1}")
+    await eventually(lambda: cluster.phase("drain") == "Running", what="phase Running again")
+    assert [f["reason"] for f in cluster.coordination("drain").failures()] == ["Evicted"] * 4
+    assert cluster.status("drain")["coordinator"].get("restartTimes", {}).get("trainer-0") is None
+
+
+async def test_a_crash_looping_replica_is_replaced_after_a_backoff_shown_in_its_condition(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("loop", recovery={
+        "restartBudget": {"maxRestarts": 10, "windowSeconds": 600},
+        "failurePolicy": {"backoff": {"immediateReplacements": 1, "initialSeconds": 3, "maxSeconds": 60}}}))
+    uids = await eventually(lambda: cluster.running("loop", 5), what="5 running pods")
+    await cluster.api.finish_pod(NAMESPACE, "loop-trainer-0", 1)  # the first is replaced at once
+    uids = await eventually(lambda p=uids["loop-trainer-0"]: (u := cluster.running("loop", 5))
+                            and u["loop-trainer-0"] != p and u, what="the first replacement")
+
+    await cluster.api.finish_pod(NAMESPACE, "loop-trainer-0", 1)  # the second waits 3 s
+    failed_at = time.monotonic()
+    recovering = await eventually(lambda: (c := cluster.condition("loop", "Recovering")) is not None
+                                  and "backing off: trainer-0 in 3s" in c["message"] and c, what="backoff shown")
+    assert recovering["status"] == "True"
+    await eventually(lambda: "loop-trainer-0" not in cluster.pods("loop"), what="the failed pod deleted")
+    await eventually(lambda p=uids["loop-trainer-0"]: (u := cluster.running("loop", 5)) and u["loop-trainer-0"] != p,
+                     timeout=15, what="the second replacement")
+    waited = time.monotonic() - failed_at
+    assert waited >= 2.9, f"replaced after {waited:.1f}s, before its 3 s backoff"

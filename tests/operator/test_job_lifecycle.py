@@ -115,3 +115,33 @@ async def test_a_valid_spec_update_reaches_the_configmap_without_touching_pods(
     await eventually(lambda: spec_in_configmap() == 7.0, what="ConfigMap updated")
     await quietly(0.5)
     assert cluster.uids("zeta") == before  # running replicas keep going; replacements get the new spec
+
+
+async def test_a_finished_job_is_deleted_after_its_ttl_with_its_children(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create_job(manifest("ttl", runPolicy={"ttlSecondsAfterFinished": 2}))
+    await eventually(lambda: cluster.running("ttl", 5), what="5 running pods")
+    for rank in (0, 1):
+        await cluster.api.finish_pod(NAMESPACE, f"ttl-trainer-{rank}", 0)
+    await eventually(lambda: cluster.phase("ttl") == "Succeeded", what="phase Succeeded")
+    assert cluster.job_exists("ttl")  # kept for its ttl first
+
+    await eventually(lambda: not cluster.job_exists("ttl"), timeout=15, what="job deleted after its ttl")
+    assert cluster.pods("ttl") == {}
+    assert [c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "ttl-spec"] == []
+
+
+async def test_deleting_a_job_leaves_a_same_named_service_it_does_not_own(cluster: Cluster, operator: Operator) -> None:
+    theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "zeta", "namespace": NAMESPACE},
+              "spec": {"ports": [{"port": 80}]}}
+    async with cluster.api.post(f"/api/v1/namespaces/{NAMESPACE}/services", json=theirs) as response:
+        assert response.status < 300
+    await cluster.create_job(manifest("zeta"))
+    await eventually(lambda: cluster.running("zeta", 5), what="5 running pods")
+
+    await cluster.delete_job("zeta")
+
+    await eventually(lambda: not cluster.job_exists("zeta"), what="job gone (finalizer released)")
+    assert cluster.pods("zeta") == {}
+    assert [c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "zeta-spec"] == []
+    [service] = [s for s in cluster.api.live("services", NAMESPACE) if s["metadata"]["name"] == "zeta"]
+    assert service["spec"]["ports"] == [{"port": 80}] and "ownerReferences" not in service["metadata"]

@@ -16,6 +16,9 @@ subclass adds the few API-server behaviours the operator's tests depend on, and 
   journal keeps what tests and benchmarks need. kmock's own request views (``api.requests``...)
   therefore show only requests in flight.
 
+- admission: ``pod_admission`` refuses pod creates with a 403 or 422 ``Status`` (quota, Pod Security admission,
+  a webhook), and a failed JSON-patch ``test`` is a 422 as on a real server (kopf relies on it).
+
 Still missing compared to a real API server: garbage collection of owned objects, strategic
 merge patches (everything is a JSON merge patch), resourceVersion conflicts, schema
 validation, status-subresource separation, label selectors on lists and watches.
@@ -30,12 +33,13 @@ import datetime
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp.web
 import attrs
+import jsonpatch
 import kmock
 
 from trainingjob_operator.api.spec import GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION
@@ -79,6 +83,13 @@ class JournalEntry:
     user_agent: str
 
 
+def _status_response(code: int, message: str) -> aiohttp.web.Response:
+    """A refused request as the API server answers it: a ``Status`` object."""
+    reason = {403: "Forbidden", 422: "Invalid", 409: "AlreadyExists"}.get(code, "BadRequest")
+    return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": message, "reason": reason, "code": code}, status=code)
+
+
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -90,6 +101,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     pod_startup_s: float | None = 0.0
     pod_termination_s: float | None = None
     hold_deleted_pods: bool = False  # a deleted pod keeps a kubelet finalizer until a test kubelet removes it
+    # Admission: called with every pod create's body; (HTTP status, message) refuses it as a quota, Pod Security
+    # admission or a webhook would (403), or as validation does (422). None admits it.
+    pod_admission: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
     journal: list[JournalEntry] = attrs.field(factory=list)
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _kubelet_tasks: set[asyncio.Task[None]] = attrs.field(factory=set)
@@ -117,11 +131,21 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     async def _handle_tracked(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         action = request.action
         is_pod = request.resource is not None and request.resource.plural == "pods"
+        if is_pod and action == kmock.action.CREATE and isinstance(request.data, dict) and self.pod_admission:
+            refused = self.pod_admission(request.data)
+            if refused is not None:
+                return _status_response(*refused)
         if action == kmock.action.CREATE and isinstance(request.data, dict):
             self._fill_created(request)
         elif action == kmock.action.UPDATE and isinstance(request.data, dict):
             request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
-        response = await super()._handle(request)
+        try:
+            response = await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as e:
+            # A JSON patch whose ``test`` op fails (kopf tests resourceVersion when it removes its finalizer) is
+            # a 422 on a real API server; kopf then re-reads the object and tries again. kmock would answer 500,
+            # which kopf retries unchanged, nine times, with the same stale resourceVersion.
+            return _status_response(422, f"the JSON patch test failed: {e}")
         if is_pod and response.status < 300:
             if action == kmock.action.CREATE and self.pod_startup_s is not None:
                 meta = request.data["metadata"]

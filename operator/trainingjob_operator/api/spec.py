@@ -403,6 +403,71 @@ class RestartBudget(ApiModel):
     window_seconds: float = Field(default=600.0, gt=0.0)
 
 
+class FailureAction(enum.StrEnum):
+    FAIL_JOB = "FailJob"  # no replacement can help: fail the whole job
+    COUNT = "Count"  # replace it; counts against the restart budget and the backoff
+    IGNORE = "Ignore"  # replace it at once; counts against neither (a disruption, not the replica's fault)
+
+
+# Failures that are the cluster's doing, not the replica's: by default they count against neither the
+# restart budget nor the backoff (a node drain must not fail a job in a minute). The pod's own reason
+# (Evicted, Preempting), the DisruptionTarget condition's reasons, and a pod that was deleted.
+DISRUPTION_REASONS = frozenset({
+    "Deleted", "Evicted", "Preempting", "Preempted", "Shutdown", "NodeShutdown", "Terminated", "NodeLost",
+    "DisruptionTarget", "PreemptionByScheduler", "PreemptionByKubeScheduler", "DeletionByTaintManager",
+    "EvictionByEvictionAPI", "DeletionByPodGC", "TerminationByKubelet",
+})
+
+
+class ExitCodeMatch(ApiModel):
+    operator: Literal["In", "NotIn"] = Field(description="In: the exit code is one of values; NotIn: it is none.")
+    values: list[Annotated[int, Field(ge=0, le=255)]] = Field(min_length=1, max_length=255)
+
+
+class FailureRule(ApiModel):
+    """One rule of a failure policy, like a Job's podFailurePolicy: the first rule that matches decides."""
+
+    action: FailureAction = Field(description="FailJob, Count or Ignore.")
+    on_exit_codes: ExitCodeMatch | None = Field(default=None, description="Match the replica's exit code.")
+    on_reasons: list[str] | None = Field(
+        default=None, min_length=1, description="Match the failure's reason: Evicted, OOMKilled, Deleted, "
+        "HeartbeatTimeout, NoHeartbeat, ServerExited, a DisruptionTarget reason, ExitCode<N>, ...")
+
+    @model_validator(mode="after")
+    def _one_match(self) -> FailureRule:
+        if (self.on_exit_codes is None) == (self.on_reasons is None):
+            raise ValueError("a rule needs exactly one of onExitCodes and onReasons")
+        return self
+
+
+class BackoffSpec(ApiModel):
+    """Backoff for a replica that keeps failing: its first ``immediateReplacements`` counted failures within
+    ``windowSeconds`` are replaced at once, later ones after ``initialSeconds`` doubling to ``maxSeconds``;
+    a replica that stays healthy for a window starts over."""
+
+    enabled: bool = Field(default=True, description="false: every replacement is immediate (chaos benchmarks).")
+    immediate_replacements: int = Field(default=2, ge=0, le=100)
+    window_seconds: float = Field(default=600.0, gt=0.0)
+    initial_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
+    max_seconds: float = Field(default=300.0, gt=0.0, le=86_400.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BackoffSpec:
+        if self.initial_seconds > self.max_seconds:
+            raise ValueError("initialSeconds must not exceed maxSeconds")
+        return self
+
+
+class FailurePolicySpec(ApiModel):
+    rules: list[FailureRule] = Field(
+        default_factory=list, description="Checked in order before the defaults: exit code 78 fails the job, a "
+        "disruption is ignored (unless countDisruptions), anything else counts.")
+    count_disruptions: bool = Field(
+        default=False, description="Count evictions, preemptions, drains and deleted pods against the restart "
+        "budget like crashes.")
+    backoff: BackoffSpec = Field(default_factory=BackoffSpec)
+
+
 class RecoverySpec(ApiModel):
     """What happens when a replica fails (ARCHITECTURE.md §4-5)."""
 
@@ -415,6 +480,7 @@ class RecoverySpec(ApiModel):
         default=0.02, gt=0.0, lt=1.0, description="Partial recovery: target portion of lost samples (PLS)."
     )
     restart_budget: RestartBudget = Field(default_factory=RestartBudget)
+    failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
     heartbeat_timeout_seconds: float = Field(
         default=15.0, gt=0.0, description="A replica silent this long is treated as failed (hung)."
     )
@@ -441,6 +507,21 @@ class RedisSpec(ApiModel):
         return url
 
 
+class RunPolicySpec(ApiModel):
+    """How long a job may wait and run, like a Kubernetes Job's (and Kubeflow's runPolicy)."""
+
+    pending_timeout_seconds: float | None = Field(
+        default=None, gt=0.0, le=604_800.0,
+        description="Fail the job when a replica has not started this long after it was created (stuck on an "
+        "image pull, unschedulable, a refused create), with that reason. Unset: wait; the Stuck condition and "
+        "a Warning event say why.")
+    active_deadline_seconds: float | None = Field(
+        default=None, gt=0.0, description="Fail the job (DeadlineExceeded) once it has run this long.")
+    ttl_seconds_after_finished: float | None = Field(
+        default=None, ge=0.0, description="Kubernetes: delete the TrainingJob (and its children) this long after "
+        "it Succeeded or Failed. Unset: keep it.")
+
+
 def warmup_steps(spec: TrainingJobSpec) -> int:
     """The dense learning rate's warmup, in steps of one trainer: ``training.warmupSteps``, or half of a
     trainer's steps (its worker threads' batches of all epochs), at most 1000."""
@@ -459,6 +540,7 @@ class TrainingJobSpec(ApiModel):
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     redis: RedisSpec = Field(default_factory=RedisSpec)
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
 
 
 def default_image() -> str:

@@ -69,9 +69,11 @@ from trainingjob_operator.reconcile import (
     RecordFailure,
     ReplicaId,
     ReplicaPhase,
+    Stuck,
     iso,
     reconcile,
     set_condition,
+    stuck_replicas,
 )
 from trainingjob_operator.tuner import lost_samples, plan_interval
 
@@ -184,6 +186,8 @@ class JobCoordinator:
         self.requested_deletes: dict[ReplicaId, str] = {}  # replica -> UID we asked to delete
         self.failed_at: dict[int, float] = {}  # recovery generation -> when its failure was detected
         self.awaiting_ready: dict[ReplicaId, float] = {}  # replaced replica -> failure time (o_res)
+        self.create_retry_at: dict[ReplicaId, tuple[int, float]] = {}  # refused creates: (attempts, next try)
+        self.reported_stuck: set[tuple[ReplicaId, str]] = set()  # (replica, reason) already in an Event
         self.heartbeats: HeartbeatSnapshot | None = None
         self.heard_since: float | None = None  # since when heartbeat reads succeeded without a gap
         self.view: RedisView | None = None
@@ -214,6 +218,7 @@ class JobCoordinator:
                 except (KubeError, redis.RedisError, OSError) as e:
                     self.log.error("reconcile step failed; retrying", error=str(e))
                 if self.done:
+                    await self._expire_after_ttl(stopped)
                     self.log.info("job finished; coordinator exits", phase=self.memory.phase.value)
                     return
                 with contextlib.suppress(TimeoutError):
@@ -224,6 +229,25 @@ class JobCoordinator:
             if self._tuning is not None:
                 self._tuning.cancel()
             self.exited.set()
+
+    async def _expire_after_ttl(self, stopped: Any) -> None:
+        """``runPolicy.ttlSecondsAfterFinished``: delete the finished TrainingJob (its children go with it)."""
+        ttl = self.job.spec.run_policy.ttl_seconds_after_finished
+        finished = self.memory.completion_time
+        if ttl is None or finished is None:
+            return
+        while not stopped and not self._deleting():
+            left = finished + ttl - self.clock()
+            if left <= 0:
+                if await self.ctx.kube.delete_job(*self.key, uid=self.owner.uid):
+                    kopf.event(self.body, type="Normal", reason="Expired",  # type: ignore[arg-type]
+                               message=f"deleted {ttl:g}s after it finished (runPolicy.ttlSecondsAfterFinished)")
+                    self.log.info("job expired; deleted", ttl_s=ttl)
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, self.ctx.config.tick_s * 5)):
+                    await self._wake.wait()
+            self._wake.clear()
 
     def _deleting(self) -> bool:
         return bool(self.body["metadata"].get("deletionTimestamp"))
@@ -280,6 +304,7 @@ class JobCoordinator:
                              heard_since=self.heard_since if self.heard_since is not None else now)
         self.memory = await self._apply(decision, observed)
         self._track_replacements(observed)
+        self._report_stuck(stuck_replicas(self.job.spec, observed, self.memory, now))
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
             self._start_tuning(now)
         await self._report(dataclasses.replace(decision, memory=self.memory))
@@ -353,13 +378,25 @@ class JobCoordinator:
 
     async def _create(self, action: CreateReplica, memory: JobMemory) -> JobMemory:
         name = resources.pod_name(self.job.name, action.id)
+        attempts, retry_at = self.create_retry_at.get(action.id, (0, 0.0))
+        if self.clock() < retry_at:
+            return _forget_create(memory, action)  # backing off: the core asks again next step
         manifest = resources.render_pod(self.job, action.id, owner=self.owner, redis_url=self.redis_url,
                                         generation=action.generation)
         try:
             created = await self.ctx.kube.create_pod(self.job.namespace, manifest)
         except KubeError as e:
-            self.log.error("pod create failed; retrying", pod=name, error=str(e))
-            return _forget_create(memory, action)
+            delay = create_backoff_s(attempts + 1)
+            self.create_retry_at[action.id] = (attempts + 1, self.clock() + delay)
+            self.log.error("pod create failed; retrying", pod=name, error=str(e), retry_in_s=delay)
+            # A refusal shows at once; anything else (a 5xx, the network) once it happened three times running.
+            shown = e.code in REFUSALS or attempts + 1 >= 3
+            error = create_error(e, self.clock(), memory.create_errors.get(action.id.name)) if shown else None
+            return _forget_create(memory, action, error)
+        self.create_retry_at.pop(action.id, None)
+        if action.id.name in memory.create_errors:
+            memory = dataclasses.replace(memory, create_errors={
+                k: v for k, v in memory.create_errors.items() if k != action.id.name})
         if action.reason is CreateReason.REPLACEMENT:
             failed_at = self.failed_at.get(action.generation)
             if failed_at is not None:
@@ -389,6 +426,20 @@ class JobCoordinator:
         self.ctx.metrics.failures.labels(f.id.role.value, f.reason).inc()
         self.log.warning("replica failed", pod=pod, reason=f.reason, exit_code=f.exit_code,
                          mode=record.mode, generation=record.generation)
+
+    def _report_stuck(self, stuck: list[Stuck]) -> None:
+        """A Warning Event and a metric the first time a replica is stuck for a reason (the Stuck
+        condition carries the current list)."""
+        now_stuck = {(s.id, s.reason) for s in stuck}
+        for s in stuck:
+            if (s.id, s.reason) in self.reported_stuck:
+                continue
+            pod = resources.pod_name(self.job.name, s.id)
+            message = f"pod {pod} cannot start: {s.reason}" + (f": {s.message}" if s.message else "")
+            kopf.event(self.body, type="Warning", reason=s.reason, message=message)  # type: ignore[arg-type]
+            self.ctx.metrics.stuck.labels(s.id.role.value, s.reason).inc()
+            self.log.warning("replica stuck", pod=pod, reason=s.reason, message=s.message)
+        self.reported_stuck = now_stuck
 
     def _track_replacements(self, observed: Mapping[ReplicaId, ObservedReplica]) -> None:
         """A replacement that runs ends its recovery: record o_res (failure -> running)."""
@@ -482,12 +533,33 @@ def _phase(value: Any) -> Phase | None:
         return None
 
 
-def _forget_create(memory: JobMemory, action: CreateReplica) -> JobMemory:
-    """The create request failed: make the core create the replica again on the next step."""
+def _forget_create(memory: JobMemory, action: CreateReplica,
+                   error: tuple[float, str, str] | None = None) -> JobMemory:
+    """The create request failed (``error``: since when, why) or waits out its backoff: make the core ask
+    to create the replica again on the next step."""
     name = action.id.name
     replacing = memory.replacing | {name} if action.reason == "Replacement" else memory.replacing
+    errors = {**memory.create_errors, name: error} if error is not None else memory.create_errors
     return dataclasses.replace(
-        memory, created_at={k: v for k, v in memory.created_at.items() if k != name}, replacing=replacing)
+        memory, created_at={k: v for k, v in memory.created_at.items() if k != name}, replacing=replacing,
+        create_errors=errors)
+
+
+CREATE_BACKOFF_S = (1.0, 60.0)  # first retry, longest wait
+REFUSALS = frozenset({400, 403, 422})  # the API server will refuse the same pod again: not transient
+
+
+def create_backoff_s(attempts: int) -> float:
+    """Wait after the ``attempts``-th refused create of a replica: 1 s doubling to a minute (a quota or an
+    admission webhook that refuses now refuses a moment later too; the API server need not hear it)."""
+    first, longest = CREATE_BACKOFF_S
+    return min(longest, first * 2 ** max(0, attempts - 1))
+
+
+def create_error(error: KubeError, now: float, before: tuple[float, str, str] | None) -> tuple[float, str, str]:
+    """(since, reason, message) of a refused create: 403 is an admission or quota refusal, 422 an invalid pod."""
+    reason = {403: "Forbidden", 422: "Invalid", 409: "AlreadyExists"}.get(error.code or 0, "CreateFailed")
+    return (before[0] if before is not None else now, reason, str(error)[:300])
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:

@@ -174,15 +174,17 @@ async def delete_children(body: kopf.Body, name: str, namespace: str | None, mem
         coordinator.poke()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(coordinator.exited.wait(), timeout=10.0)
+    # Only what this TrainingJob owns: a same-named Service or ConfigMap of someone else's stays.
+    uid = resources.Owner.of(body).uid or None
     for observed in list(pods_index(kwargs).get(key, ())):
-        await ctx.kube.delete_object(ns, "pods", resources.pod_name(name, observed.id))
-    await ctx.kube.delete_object(ns, "services", resources.service_name(name))
-    await ctx.kube.delete_object(ns, "configmaps", resources.config_map_name(name))
+        await ctx.kube.delete_object(ns, "pods", resources.pod_name(name, observed.id), owner_uid=uid)
+    await ctx.kube.delete_object(ns, "services", resources.service_name(name), owner_uid=uid)
+    await ctx.kube.delete_object(ns, "configmaps", resources.config_map_name(name), owner_uid=uid)
     with contextlib.suppress(ManifestError):
         job, url = resources.admit(body, *ctx.config.job_defaults)
         for claim in resources.render_checkpoint_claims(job, owner=resources.Owner.of(body)):
             if claim["metadata"].get("ownerReferences"):  # retainPolicy Retain: the claims stay
-                await ctx.kube.delete_object(ns, "persistentvolumeclaims", claim["metadata"]["name"])
+                await ctx.kube.delete_object(ns, "persistentvolumeclaims", claim["metadata"]["name"], owner_uid=uid)
         coord = ctx.coordination(url, ns, name)
         with contextlib.suppress(Exception):
             await ctx.in_thread(coord.clear)

@@ -63,10 +63,10 @@ class Kube:
         self.requests: collections.Counter[str] = collections.Counter()
 
     async def _call(self, method: str, url: str, what: str, payload: Any = None,
-                    headers: dict[str, str] | None = None) -> Any:
+                    headers: dict[str, str] | None = None, retry: bool = True) -> Any:
         self.requests[what] += 1
         try:
-            return await self._request(method, url, payload, headers)
+            return await self._request(method, url, payload, headers, retry)
         except _errors.APINotFoundError as e:
             raise NotFound(f"{method.upper()} {url}: not found", 404) from e
         except _errors.APIConflictError as e:
@@ -76,15 +76,19 @@ class Kube:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise KubeError(f"{method.upper()} {url}: {e!r}") from e
 
-    async def _request(self, method: str, url: str, payload: Any, headers: dict[str, str] | None) -> Any:
+    async def _request(self, method: str, url: str, payload: Any, headers: dict[str, str] | None,
+                       retry: bool = True) -> Any:
         fn = {"post": _api.post, "patch": _api.patch, "delete": _api.delete, "get": _api.get}[method]
-        return await fn(url, payload=payload, headers=headers, settings=self.settings, logger=self.logger)
+        # retry=False: one attempt; the caller backs off itself (kopf would retry a 403 nine times).
+        extra: dict[str, Any] = {} if retry else {"backoffs": ()}
+        return await fn(url, payload=payload, headers=headers, settings=self.settings, logger=self.logger, **extra)
 
     # --- pods -------------------------------------------------------------------------------------
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        """Create a pod; False when one of that name exists already (409)."""
+        """Create a pod; False when one of that name exists already (409). One attempt: a refusal (quota, Pod
+        Security admission, a webhook) reaches the coordinator at once, which shows it and backs off."""
         try:
-            await self._call("post", _core(namespace, "pods"), "create pods", manifest)
+            await self._call("post", _core(namespace, "pods"), "create pods", manifest, retry=False)
         except Conflict:
             return False
         return True
@@ -130,11 +134,34 @@ class Kube:
     async def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         await self._call("patch", _core(namespace, "configmaps", name), "patch configmaps", {"data": data}, _MERGE)
 
-    async def delete_object(self, namespace: str, plural: str, name: str) -> bool:
-        """Delete a Service, ConfigMap or pod by name; False when already gone."""
+    async def delete_object(self, namespace: str, plural: str, name: str, *, owner_uid: str | None = None) -> bool:
+        """Delete a Service, ConfigMap, claim or pod by name; False when already gone. With ``owner_uid``, only
+        an object that owner owns (a same-named object someone else made is left alone), and only that
+        incarnation of it (a UID precondition)."""
+        options: dict[str, Any] | None = None
+        if owner_uid is not None:
+            try:
+                found = await self._call("get", _core(namespace, plural, name), f"get {plural}")
+            except NotFound:
+                return False
+            meta = found.get("metadata") or {}
+            if not any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences") or ()):
+                self.logger.warning(f"not deleting {plural}/{name}: the TrainingJob does not own it")
+                return False
+            options = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": meta.get("uid")}}
         try:
-            await self._call("delete", _core(namespace, plural, name), f"delete {plural}")
-        except NotFound:
+            await self._call("delete", _core(namespace, plural, name), f"delete {plural}", options)
+        except (NotFound, Conflict):
+            return False
+        return True
+
+    async def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete this TrainingJob (that UID only: never a newer one of the same name); False when gone."""
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid},
+                   "propagationPolicy": "Background"}
+        try:
+            await self._call("delete", _job_url(namespace, name), "delete trainingjobs", options)
+        except (NotFound, Conflict):
             return False
         return True
 

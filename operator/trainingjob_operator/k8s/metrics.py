@@ -21,6 +21,9 @@ class Metrics:
                                 ["role", "reason"], registry=self.registry)
         self.restarts = Counter("trainingjob_replica_restarts", "Replicas recreated after a failure, by role.",
                                 ["role"], registry=self.registry)
+        self.stuck = Counter("trainingjob_replicas_stuck", "Replicas found unable to start (image pull, "
+                             "unschedulable, config error, refused create), by role and reason.",
+                             ["role", "reason"], registry=self.registry)
         self.failure_to_replacement = Histogram(
             "trainingjob_failure_to_replacement_seconds",
             "From detecting a replica failure to the replacement pod's create request.",

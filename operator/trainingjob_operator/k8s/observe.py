@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from trainingjob_operator.k8s.resources import CONTAINER, replica_of
-from trainingjob_operator.reconcile import ObservedReplica, ReplicaId, ReplicaPhase
+from trainingjob_operator.reconcile import STUCK_WAITING_REASONS, ObservedReplica, ReplicaId, ReplicaPhase
 
 # Pod phase -> replica phase. "Unknown" (node unreachable) stays Running: the heartbeat decides.
 _PHASES = {
@@ -49,6 +49,20 @@ def _main_container(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(statuses[0]) if statuses else {}
 
 
+def _waiting(status: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[str | None, str]:
+    """Why a pending pod cannot start: the scheduler's verdict, else a container's (init containers first)
+    waiting reason, when it is one that does not clear by itself."""
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return "Unschedulable", str(condition.get("message") or "")
+    for cs in [*(status.get("initContainerStatuses") or ()), container]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    return None, ""
+
+
 def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
     """One pod as the core sees it; None when its labels do not name a replica."""
     meta = pod.get("metadata") or {}
@@ -64,11 +78,16 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
     reason = None
     if phase is ReplicaPhase.FAILED:
         # Evicted pods have no terminated container; OOMKilled is the container's reason.
+        disruption = next((c for c in status.get("conditions") or ()
+                           if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
         if status.get("reason"):
             reason = str(status["reason"])
+        elif disruption is not None:  # preempted, drained, tainted, evicted: the cluster's doing
+            reason = str(disruption.get("reason") or "DisruptionTarget")
         elif terminated.get("reason") in ("OOMKilled", "DeadlineExceeded", "ContainerCannotRun"):
             reason = str(terminated["reason"])
     started = parse_time((state.get("running") or {}).get("startedAt")) or parse_time(status.get("startTime"))
+    waiting_reason, waiting_message = _waiting(status, container) if phase is ReplicaPhase.PENDING else (None, "")
     return ObservedReplica(
         id=rid,
         phase=phase,
@@ -77,6 +96,8 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
         reason=reason,
         started_at=started,
         deleting=bool(meta.get("deletionTimestamp")),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message[:300],
     )
 
 

@@ -59,6 +59,8 @@ def memory_to_dict(m: JobMemory) -> dict[str, Any]:
         "restarts": dict(sorted(m.restarts.items())),
         "failures": m.failures,
     }
+    if m.not_before:
+        out["notBefore"] = {k: round(v, 3) for k, v in sorted(m.not_before.items())}
     if m.last_failure is not None:
         out["lastFailure"] = _failure_to_dict(m.last_failure)
     if m.start_time is not None:
@@ -85,6 +87,7 @@ def memory_from_status(status: Mapping[str, Any] | None) -> JobMemory | None:
             restart_times={str(k): tuple(float(t) for t in v) for k, v in (d.get("restartTimes") or {}).items()},
             restarts={str(k): int(v) for k, v in (d.get("restarts") or {}).items()},
             failures=int(d.get("failures", 0)),
+            not_before={str(k): float(v) for k, v in (d.get("notBefore") or {}).items()},
             last_failure=_failure_from_dict(d["lastFailure"]) if d.get("lastFailure") else None,
             conditions=conditions,
             start_time=float(d["startTime"]) if d.get("startTime") is not None else None,
