@@ -356,7 +356,11 @@ def test_make_install_runs_every_pip_install_with_the_constraints() -> None:
     if make is None:
         pytest.skip("no make")
     # -n -B: print what a fresh `make install` would run, without running it.
-    result = subprocess.run([make, "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # (Not the flags of a `make test` that runs this test: a parent's -k or -j must not leak in.)
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}}
+    result = subprocess.run(
+        [make, "-n", "-B", "install"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     installs = [line for line in result.stdout.splitlines() if re.search(r"\bpip install\b", line)]
     assert len(installs) >= 4
