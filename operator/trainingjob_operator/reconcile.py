@@ -42,6 +42,7 @@ HUNG_REASONS = frozenset({FailureReason.HEARTBEAT_TIMEOUT, FailureReason.NO_HEAR
 class CreateReason(enum.StrEnum):
     INITIAL = "Initial"
     REPLACEMENT = "Replacement"
+    RESUME = "Resume"  # recreated after a suspension: resumes its own progress, not a failure's replacement
 
 
 class ConditionType(enum.StrEnum):
@@ -50,6 +51,7 @@ class ConditionType(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     CHECKPOINTS_DURABLE = "CheckpointsDurable"  # False: a replaced server loses its shard (emptyDir)
+    SUSPENDED = "Suspended"  # True: runPolicy.suspend (or a queue's hold): no pods, progress and checkpoints kept
     STUCK = "Stuck"  # True: a replica cannot start (image, scheduling, config, create errors); names them
 
 
@@ -110,6 +112,7 @@ class ObservedReplica:
     started_at: float | None = None
     heartbeat_at: float | None = None  # last heartbeat the replica wrote to Redis
     deleting: bool = False  # deletion already requested (pod has deletionTimestamp)
+    deleting_until: float | None = None  # when its graceful termination should be over (deletionTimestamp)
     waiting_reason: str | None = None  # why a pending replica cannot start (STUCK_WAITING_REASONS)
     waiting_message: str = ""  # the kubelet's or scheduler's words for it
 
@@ -177,6 +180,8 @@ class JobMemory:
     # Create requests the shell could not make: replica -> (first failure, reason, message). Cleared on success.
     create_errors: Mapping[str, tuple[float, str, str]] = field(default_factory=dict)
     not_before: Mapping[str, float] = field(default_factory=dict)  # backoff: no replacement before this time
+    resuming: frozenset[str] = frozenset()  # deleted by a suspension, to be recreated on resume
+    resumed_at: float | None = None  # the active deadline counts from here after a suspension
 
 
 @dataclass(frozen=True)
@@ -232,8 +237,8 @@ def _failure_of(
     from ``heard_since`` on: while Redis was unreachable no heartbeat could be written or read, so a replica
     is never declared hung for a silence the shell could not hear."""
     name = rid.name
-    if name in memory.succeeded or name in memory.replacing:
-        return None  # done, or already being replaced: never counted twice
+    if name in memory.succeeded or name in memory.replacing or name in memory.resuming:
+        return None  # done, already being replaced (never counted twice), or stopped by a suspension
     if obs is None:
         if name not in memory.created_at:
             return None  # ours to create, not a failure
@@ -297,6 +302,8 @@ def _run_policy_violation(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Ob
     (stuck or not) for longer than ``pendingTimeoutSeconds``; the stuck reason names the failure."""
     policy = spec.run_policy
     started = memory.start_time if memory.start_time is not None else now
+    if memory.resumed_at is not None:
+        started = memory.resumed_at  # like a Job's: a suspension stops the clock, resuming starts it again
     if policy.active_deadline_seconds is not None and now - started > policy.active_deadline_seconds:
         return ("DeadlineExceeded", f"the job ran longer than runPolicy.activeDeadlineSeconds "
                                     f"({policy.active_deadline_seconds:g}s)")
@@ -418,12 +425,15 @@ def reconcile(
     now: float,
     mode: str = "partial",
     heard_since: float | None = None,
+    hold: str | None = None,
 ) -> Decision:
     """Decide what to do about one job. ``mode`` is the effective recovery mode: partial or full
     (the caller resolves ``auto`` with the tuning module's benefit test). ``heard_since``: since when the
-    shell has read heartbeats without a gap (None: always); see ``_failure_of``. The steps, in order: a
-    finished job only cleans up; all trainers done ends it; a fatal failure fails it; otherwise
-    failures are replaced, lost deletes repeated, missing replicas created, and the phase follows."""
+    shell has read heartbeats without a gap (None: always); see ``_failure_of``. ``hold``: why the shell keeps
+    the job suspended besides ``runPolicy.suspend`` (a queue has not admitted it). The steps, in order: a
+    finished job only cleans up; all trainers done ends it; a suspended one has no pods; a fatal failure
+    fails it; otherwise failures are replaced, lost deletes repeated, missing replicas created, and the
+    phase follows."""
     mem = memory if memory.start_time is not None else dataclasses.replace(memory, start_time=now)
     if mem.phase.finished:
         # Nothing is restarted after the end; only leftovers are cleaned up.
@@ -431,6 +441,10 @@ def reconcile(
     mem = _note_succeeded_trainers(spec, observed, mem)
     if (done := _succeeded(spec, observed, mem, now)) is not None:
         return done
+    if spec.run_policy.suspend or hold is not None:
+        return _suspended(spec, observed, mem, hold or "runPolicy.suspend", now)
+    if mem.phase is Phase.SUSPENDED:
+        mem = _resumed(mem, now)
     failures = [f for rid in desired_replicas(spec)
                 if (f := _failure_of(rid, observed.get(rid), mem, spec, now, heard_since)) is not None]
     if (fatal := _fatal_decision(spec, observed, mem, failures, mode, now)) is not None:
@@ -459,6 +473,7 @@ class _Plan:
     created_at: dict[str, float] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     not_before: dict[str, float] = field(default_factory=dict)
+    resuming: set[str] = field(default_factory=set)
 
 
 def _note_succeeded_trainers(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica],
@@ -483,6 +498,34 @@ def _succeeded(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedRepli
     mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
                               replacing=frozenset())
     return Decision(_stop_everything(observed, "TrainersCompleted"), mem, _replica_status(spec, observed, mem))
+
+
+def _suspended(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory, why: str,
+               now: float) -> Decision:
+    """Suspended: every pod deleted gracefully (servers flush a checkpoint on SIGTERM), nothing created; each
+    replica that existed is recreated on resume and continues its own progress. A pod that exits while
+    being stopped is not a failure."""
+    ever_created = {rid.name for rid in desired_replicas(spec) if rid.name in mem.created_at}
+    resuming = (set(mem.resuming) | ever_created | set(mem.replacing)) - set(mem.succeeded)
+    actions: list[Action] = [
+        DeleteReplica(rid, "Suspended", recreate=False) for rid, obs in sorted(observed.items())
+        if obs.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not obs.deleting]
+    conditions = set_condition(mem.conditions, ConditionType.SUSPENDED, True, "Suspended",
+                               f"{why}: replicas deleted; progress and checkpoints kept", now)
+    conditions = set_condition(conditions, ConditionType.RUNNING, False, "Suspended", "", now)
+    if any(c.type == ConditionType.RECOVERING and c.status == "True" for c in conditions):
+        conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Suspended", "", now)
+    mem = dataclasses.replace(mem, phase=Phase.SUSPENDED, conditions=conditions, resuming=frozenset(resuming),
+                              replacing=frozenset(), seen=frozenset(), not_before={}, create_errors={})
+    return Decision(actions, mem, _replica_status(spec, observed, mem))
+
+
+def _resumed(mem: JobMemory, now: float) -> JobMemory:
+    """Resume: one generation up; replicas that existed are recreated (``CreateReason.RESUME``), the rest created."""
+    conditions = set_condition(mem.conditions, ConditionType.SUSPENDED, False, "Resumed",
+                               "replicas recreated; each continues where it stopped", now)
+    return dataclasses.replace(mem, phase=Phase.PENDING, generation=mem.generation + 1, conditions=conditions,
+                               resumed_at=now)
 
 
 def _fatal_decision(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
@@ -516,7 +559,7 @@ def _replace_failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Observed
     unfinished one (full), one generation up."""
     plan = _Plan(actions=[], replacing=set(mem.replacing), restart_times=dict(mem.restart_times),
                  restarts=dict(mem.restarts), generation=mem.generation, conditions=mem.conditions,
-                 not_before={k: t for k, t in mem.not_before.items() if t > now})
+                 not_before={k: t for k, t in mem.not_before.items() if t > now}, resuming=set(mem.resuming))
     if not failures:
         return plan
     plan.generation += 1
@@ -574,6 +617,12 @@ def _create_missing(spec: TrainingJobSpec, observed: Mapping[ReplicaId, Observed
             continue
         if name in plan.replacing and plan.not_before.get(name, 0.0) > now:
             continue  # backing off: a replica that keeps failing waits before its next replacement
+        if name in plan.resuming:
+            plan.actions.append(CreateReplica(rid, plan.generation, CreateReason.RESUME))
+            plan.created_at[name] = now
+            plan.resuming.discard(name)
+            plan.seen.discard(name)
+            continue
         if name in plan.replacing or name not in plan.created_at:
             reason = CreateReason.REPLACEMENT if name in plan.replacing else CreateReason.INITIAL
             plan.actions.append(CreateReplica(rid, plan.generation, reason))
@@ -615,6 +664,7 @@ def _next_memory(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedRep
         replacing=frozenset(plan.replacing),
         restart_times=plan.restart_times,
         not_before=plan.not_before,
+        resuming=frozenset(plan.resuming),
         restarts=plan.restarts,
         failures=mem.failures + len(failures),
         last_failure=failures[-1] if failures else mem.last_failure,

@@ -113,7 +113,7 @@ def expand(group_resources: dict[tuple[str, str], tuple[str, ...]], name: str = 
 
 # What the operator does in a namespace it serves, and nothing more (see templates/_rbac.tpl).
 NAMESPACED = expand({
-    ("training.cpr.dev", "trainingjobs"): ("get", "list", "watch", "patch"),
+    ("training.cpr.dev", "trainingjobs"): ("get", "list", "watch", "patch", "delete"),
     ("training.cpr.dev", "trainingjobs/status"): ("get", "patch"),
     ("training.cpr.dev", "trainingjobs/finalizers"): ("update",),
     ("", "pods"): ("get", "list", "watch", "create", "delete", "patch"),
@@ -121,8 +121,11 @@ NAMESPACED = expand({
     ("", "persistentvolumeclaims"): ("get", "list", "create", "delete"),
     ("", "configmaps"): ("get", "list", "watch", "create", "delete", "patch"),
     ("", "events"): ("create",),
+    ("kueue.x-k8s.io", "workloads"): ("get", "create"),
+    ("kueue.x-k8s.io", "workloads/status"): ("patch",),
 })
-CRD_READ = expand({("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch")})
+CRD_READ = expand({("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch"),
+                   ("kueue.x-k8s.io", "resourceflavors"): ("get",)})
 
 
 def peering(resource: str, name: str = FULLNAME) -> set[tuple[str, str, str, str]]:

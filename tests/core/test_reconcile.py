@@ -486,3 +486,49 @@ def test_backoff_can_be_switched_off_and_tuned() -> None:
     tuned = TrainingJobSpec.model_validate({"recovery": {"failurePolicy": {"backoff": {
         "immediateReplacements": 0, "initialSeconds": 5, "maxSeconds": 12}}}})
     assert [replacement_delay(tuned, tuple(NOW - i for i in range(n)), NOW) for n in (1, 2, 3, 4)] == [5, 10, 12, 12]
+
+
+# --- suspend and resume --------------------------------------------------------------------------
+
+
+def test_suspending_deletes_every_pod_without_a_failure_and_resuming_recreates_them_one_generation_up() -> None:
+    suspended_spec = with_run_policy(suspend=True)
+    memory = running_memory(generation=3)
+    decision = reconcile(suspended_spec, cluster(), memory, NOW)
+    assert sorted(a.id.name for a in decision.actions if isinstance(a, DeleteReplica) and not a.recreate) == \
+        sorted(r.name for r in ALL)
+    assert decision.phase is Phase.SUSPENDED
+    assert (condition(decision, "Suspended").status, condition(decision, "Running").status) == ("True", "False")
+    # The pods exit (SIGTERM: a trainer with 143) and go: neither is a failure, nothing is created.
+    stopping = cluster(trainer_0=replica(T0, ReplicaPhase.FAILED, exit_code=143))
+    decision = reconcile(suspended_spec, stopping, decision.memory, NOW + 1)
+    decision = reconcile(suspended_spec, {}, decision.memory, NOW + 30)
+    assert not any(isinstance(a, (RecordFailure, CreateReplica)) for a in decision.actions)
+    assert decision.memory.failures == 0 and decision.phase is Phase.SUSPENDED
+
+    resumed = reconcile(make_spec(), {}, decision.memory, NOW + 600)
+    creates = [a for a in resumed.actions if isinstance(a, CreateReplica)]
+    assert sorted(a.id.name for a in creates) == sorted(r.name for r in ALL)
+    assert {(a.reason.value, a.generation) for a in creates} == {("Resume", 4)}
+    assert condition(resumed, "Suspended").status == "False" and resumed.phase is Phase.PENDING
+    fresh = {rid: replica(rid, instance=f"{rid.name}-b", heartbeat_at=NOW + 609, started_at=NOW + 605) for rid in ALL}
+    running = reconcile(make_spec(), fresh, resumed.memory, NOW + 610)
+    assert running.phase is Phase.RUNNING and running.actions == []
+
+
+def test_a_job_created_suspended_starts_nothing_until_resumed() -> None:
+    decision = reconcile(with_run_policy(suspend=True), {}, JobMemory(), NOW)
+    assert decision.actions == [] and decision.phase is Phase.SUSPENDED
+    started = reconcile(make_spec(), {}, decision.memory, NOW + 5)
+    assert {a.reason.value for a in started.actions if isinstance(a, CreateReplica)} == {"Initial"}
+    assert len(started.actions) == len(ALL)
+
+
+def test_a_shells_hold_suspends_like_the_spec_and_the_deadline_restarts_on_resume() -> None:
+    spec = with_run_policy(activeDeadlineSeconds=100)
+    held = reconcile(spec, cluster(), running_memory(start_time=NOW - 90), NOW, hold="waiting for queue admission")
+    assert held.phase is Phase.SUSPENDED
+    assert condition(held, "Suspended").message.startswith("waiting for queue admission")
+    resumed = reconcile(spec, {}, held.memory, NOW + 50)
+    assert resumed.phase is not Phase.FAILED  # 140 s since the start, but only 0 since the resume
+    assert reconcile(spec, cluster(), resumed.memory, NOW + 151).phase is Phase.FAILED

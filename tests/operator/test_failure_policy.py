@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import Any
+
+import pytest
 
 from tests.operator.conftest import JOBS_URL, NAMESPACE, Cluster, Operator, eventually, manifest, quietly
 from trainingjob_operator.api import parse_manifest
 from trainingjob_operator.api.loading import ManifestError
+from trainingjob_operator.api.spec import spec_from_json
 
 
 async def test_exit_code_78_fails_the_job_and_replaces_nothing(cluster: Cluster, operator: Operator) -> None:
@@ -147,3 +151,48 @@ async def test_a_crash_looping_replica_is_replaced_after_a_backoff_shown_in_its_
                      timeout=15, what="the second replacement")
     waited = time.monotonic() - failed_at
     assert waited >= 2.9, f"replaced after {waited:.1f}s, before its 3 s backoff"
+
+
+async def patch_spec(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
+    async with cluster.api.patch(f"{JOBS_URL}/{name}", json={"spec": spec},
+                                 headers={"Content-Type": "application/merge-patch+json"}) as response:
+        assert response.status < 300
+
+
+async def test_a_corrected_invalid_spec_starts_the_job_without_an_operator_restart(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.create_job(manifest("fixme", replicas={"syncServer": {"replicas": 2}}))
+    await eventually(lambda: cluster.phase("fixme") == "Failed", what="Failed: InvalidSpec")
+
+    await patch_spec(cluster, "fixme", {"replicas": {"syncServer": {"replicas": 1}}})
+
+    await eventually(lambda: cluster.running("fixme", 5), what="5 running pods")
+    await eventually(lambda: cluster.phase("fixme") == "Running", what="phase Running")
+    assert cluster.condition("fixme", "Failed") is None  # the InvalidSpec verdict is gone with the bad spec
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    pytest.param({"replicas": {"embeddingServer": {"replicas": 3}}}, "spec.replicas.embeddingServer.replicas",
+                 id="reshard"),
+    pytest.param({"model": {"embeddingDim": 32}}, "spec.model", id="model"),
+    pytest.param({"training": {"denseLearningRate": 0.5}}, "spec.training.denseLearningRate", id="learning-rate"),
+])
+async def test_a_running_job_refuses_changes_that_would_mix_two_specs(
+    cluster: Cluster, operator: Operator, change: dict[str, Any], field: str
+) -> None:
+    await cluster.create_job(manifest("frozen"))
+    before = await eventually(lambda: cluster.running("frozen", 5), what="5 running pods")
+
+    await patch_spec(cluster, "frozen", change)
+
+    rejected = await eventually(lambda: next((e for e in cluster.events("frozen")
+                                              if e["reason"] == "SpecUpdateRejected"), None), what="rejected")
+    assert rejected["message"].startswith(f"{field}: cannot change while the job runs")
+    # The coordinator saw the change (a positive signal) and kept running the spec it started with.
+    coordinator = operator.context.jobs[(NAMESPACE, "frozen")]
+    await eventually(lambda: coordinator._spec_raw == cluster.job("frozen")["spec"], what="the coordinator saw it")
+    config_map = next(c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "frozen-spec")
+    assert spec_from_json(config_map["data"]["spec.json"]) == coordinator.job.spec
+    assert coordinator.job.spec == parse_manifest(manifest("frozen")).spec
+    assert cluster.uids("frozen") == before

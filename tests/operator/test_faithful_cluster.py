@@ -152,3 +152,42 @@ async def test_trainers_read_criteo_data_from_a_claim_their_pod_template_mounts(
     assert sum(p.samples for p in coord.all_progress(2).values()) >= 30_000
     assert all((r := coord.result(rank)) is not None and r.get("auc") is not None for rank in (0, 1))
     assert coord.failures() == [] and kubelet.probe_kills == []
+
+
+async def test_a_suspended_job_resumes_where_it_stopped(faithful: FaithfulCluster) -> None:
+    """``runPolicy.suspend``: every pod deleted gracefully, progress and checkpoints kept; on resume every replica
+    is recreated, servers restore their shards, trainers continue from their cursors, nothing counts as a failure."""
+    from tests.support.cluster import JOBS_URL
+
+    cluster, kubelet = faithful.cluster, faithful.kubelet
+    await cluster.create_job(manifest("real", **SMALL))
+    coord = cluster.coordination("real")
+    await eventually(lambda: all((p := coord.progress(r)) is not None and p.samples > 20_000 for r in (0, 1)),
+                     timeout=180, what="both trainers well into training")
+    await eventually(lambda: all((p := coord.checkpoint_pointer(s)) is not None and p.get("progress", 0) > 0
+                                 for s in (0, 1)), timeout=60, what="a checkpoint of each shard")
+
+    async def suspend(value: bool) -> None:
+        async with cluster.api.patch(f"{JOBS_URL}/real", json={"spec": {"runPolicy": {"suspend": value}}},
+                                     headers={"Content-Type": "application/merge-patch+json"}) as response:
+            assert response.status < 300
+
+    await suspend(True)
+    await eventually(lambda: cluster.phase("real") == "Suspended" and not cluster.pods("real"), timeout=90,
+                     what="Suspended, every pod gone")
+    paused_at = sum(p.samples for p in coord.all_progress(2).values())
+    assert 0 < paused_at < SMALL["data"]["trainSamples"]
+
+    await suspend(False)
+    await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=240, what="job Succeeded after resuming")
+    assert coord.failures() == [] and kubelet.probe_kills == []
+    assert sorted(kubelet.started) == sorted(EVERYONE * 2)  # each replica once before, once after
+    for shard in ("embedding-server-0", "embedding-server-1"):
+        incarnations = coord.recoveries(shard)
+        assert any(r["loaded"] and r["restored_progress"] > 0 for r in incarnations.values()), incarnations
+    done = sum(p.samples for p in coord.all_progress(2).values())
+    assert done >= SMALL["data"]["trainSamples"]
+    # The trainers continued: the job did not start over (it would have trained ~paused_at more samples).
+    assert done < SMALL["data"]["trainSamples"] + paused_at / 2
+    condition = cluster.condition("real", "Suspended")
+    assert condition is not None and (condition["status"], condition["reason"]) == ("False", "Resumed")

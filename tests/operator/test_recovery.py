@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
-from tests.operator.conftest import NAMESPACE, Cluster, Operator, eventually, manifest, quietly
+from tests.operator.conftest import NAMESPACE, Cluster, Operator, eventually, manifest, operator_config, quietly
 
 
 async def test_a_failed_pod_alone_is_replaced_and_every_other_pod_keeps_its_uid(
@@ -128,3 +129,31 @@ async def test_full_recovery_recreates_every_pod(cluster: Cluster, operator: Ope
     assert sum(r["restarts"] for r in status["replicas"].values()) == 5
     [failure] = cluster.coordination("full").failures()
     assert failure["mode"] == "full" and failure["reason"] == "ExitCode137"
+
+
+async def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_and_replaced(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """Deleted (a drain, kubectl delete) on a node that no longer answers: the pod keeps its deletionTimestamp
+    forever and would block its replica (same name). Past its grace plus the margin it is force-deleted, with a
+    Warning event, and replaced."""
+    cluster.api.hold_deleted_pods = True  # nothing confirms a termination: the node is gone
+    config = dataclasses.replace(operator_config(cluster.api, redis_url), force_delete_margin_s=1.0)
+    op = Operator(config=config)
+    await op.start()
+    try:
+        await cluster.create_job(manifest("lost"))
+        before = await eventually(lambda: cluster.running("lost", 5), what="5 running pods")
+        async with cluster.api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/lost-trainer-0") as response:
+            assert response.status < 300
+        assert cluster.pods("lost")["lost-trainer-0"]["metadata"].get("deletionTimestamp")  # terminating
+
+        forced = await eventually(lambda: next((e for e in cluster.events("lost") if e["reason"] == "ForceDeleted"),
+                                               None), timeout=15, what="ForceDeleted event")
+        assert forced["type"] == "Warning" and forced["message"].startswith("pod lost-trainer-0 was still terminating")
+        after = await eventually(lambda: (u := cluster.running("lost", 5)) and u["lost-trainer-0"] !=
+                                 before["lost-trainer-0"] and u, timeout=15, what="the replacement running")
+        assert [n for n in after if after[n] != before[n]] == ["lost-trainer-0"]
+        assert [f["reason"] for f in cluster.coordination("lost").failures()] == ["Deleted"]
+    finally:
+        await op.stop()

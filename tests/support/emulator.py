@@ -16,6 +16,7 @@ subclass adds the few API-server behaviours the operator's tests depend on, and 
   journal keeps what tests and benchmarks need. kmock's own request views (``api.requests``...)
   therefore show only requests in flight.
 
+- a force delete (``gracePeriodSeconds: 0``) removes a held pod at once, as a real API server does;
 - admission: ``pod_admission`` refuses pod creates with a 403 or 422 ``Status`` (quota, Pod Security admission,
   a webhook), and a failed JSON-patch ``test`` is a 422 as on a real server (kopf relies on it).
 
@@ -61,6 +62,10 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/services": {"kind": "Service", "singular": "service", "namespaced": True, "verbs": VERBS},
     "v1/configmaps": {"kind": "ConfigMap", "singular": "configmap", "namespaced": True, "verbs": VERBS},
     "v1/events": {"kind": "Event", "singular": "event", "namespaced": True, "verbs": VERBS},
+    "kueue.x-k8s.io/v1beta1/workloads": {"kind": "Workload", "singular": "workload", "namespaced": True,
+                                         "verbs": VERBS, "subresources": ["status"]},
+    "kueue.x-k8s.io/v1beta1/resourceflavors": {"kind": "ResourceFlavor", "singular": "resourceflavor",
+                                               "namespaced": False, "verbs": VERBS},
     "v1/namespaces": {"kind": "Namespace", "singular": "namespace", "namespaced": False, "verbs": VERBS},
     "apiextensions.k8s.io/v1/customresourcedefinitions": {
         "kind": "CustomResourceDefinition", "singular": "customresourcedefinition", "namespaced": False,
@@ -83,9 +88,14 @@ class JournalEntry:
     user_agent: str
 
 
+def _grace(options: Any) -> int | None:
+    """gracePeriodSeconds of a DELETE's DeleteOptions body, if any."""
+    return options.get("gracePeriodSeconds") if isinstance(options, dict) else None
+
+
 def _status_response(code: int, message: str) -> aiohttp.web.Response:
     """A refused request as the API server answers it: a ``Status`` object."""
-    reason = {403: "Forbidden", 422: "Invalid", 409: "AlreadyExists"}.get(code, "BadRequest")
+    reason = {403: "Forbidden", 422: "Invalid", 409: "AlreadyExists", 404: "NotFound"}.get(code, "BadRequest")
     return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                                       "message": message, "reason": reason, "code": code}, status=code)
 
@@ -131,6 +141,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     async def _handle_tracked(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         action = request.action
         is_pod = request.resource is not None and request.resource.plural == "pods"
+        resource = request.resource
+        if resource is not None and resource.plural and resource.version:
+            key = "/".join(p for p in (resource.group, resource.version, resource.plural) if p)
+            if key not in self.resources:  # an API the server does not serve (Kueue not installed): 404, not stored
+                return _status_response(404, f"the server could not find the requested resource ({key})")
         if is_pod and action == kmock.action.CREATE and isinstance(request.data, dict) and self.pod_admission:
             refused = self.pod_admission(request.data)
             if refused is not None:
@@ -150,6 +165,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             if action == kmock.action.CREATE and self.pod_startup_s is not None:
                 meta = request.data["metadata"]
                 self._spawn(self._start_pod(meta["namespace"], meta["name"], meta["uid"]))
+            elif action == kmock.action.DELETE and request.name and _grace(request.data) == 0 \
+                    and (self.pod_termination_s is not None or self.hold_deleted_pods):
+                # A force delete (grace 0) removes the object at once, whatever its kubelet says.
+                self._spawn(self._finish_termination(request.namespace or "", request.name, wait=False))
             elif action == kmock.action.DELETE and self.pod_termination_s is not None and request.name:
                 self._spawn(self._finish_termination(request.namespace or "", request.name))
         return response

@@ -1,6 +1,7 @@
 {{/*
 RBAC rules for the namespaced objects the operator touches. Each verb is here for a reason:
-- trainingjobs: kopf lists/watches them and patches finalizers and its progress annotations;
+- trainingjobs: kopf lists/watches them and patches finalizers and its progress annotations; delete only for
+  runPolicy.ttlSecondsAfterFinished;
 - trainingjobs/status: the operator writes status (phase, conditions, progress, recovery);
 - trainingjobs/finalizers update: children carry ownerReferences with blockOwnerDeletion (kopf.adopt),
   which clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require;
@@ -8,14 +9,16 @@ RBAC rules for the namespaced objects the operator touches. Each verb is here fo
 - services (headless per job) and configmaps (spec file): create, keep up to date, delete;
 - persistentvolumeclaims: one checkpoint claim per server rank (recovery.checkpoint.volume), created
   before the pods and deleted with the job unless its retainPolicy is Retain (no patch: claims are immutable);
-- events: kopf and the operator post Kubernetes Events (create only).
+- events: kopf and the operator post Kubernetes Events (create only);
+- workloads (kueue.x-k8s.io): a job labelled kueue.x-k8s.io/queue-name gets a Workload the operator creates and
+  reads (Kueue's verdict), and marks Finished in its status (which releases the quota).
 Nothing else grants update; nothing grants deletecollection, pods/exec, pods/log or secrets.
 Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 */}}
 {{- define "tj.namespacedRules" -}}
 - apiGroups: ["training.cpr.dev"]
   resources: ["trainingjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["training.cpr.dev"]
   resources: ["trainingjobs/status"]
   verbs: ["get", "patch"]
@@ -34,6 +37,12 @@ Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "create"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/*

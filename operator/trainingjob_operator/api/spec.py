@@ -510,6 +510,11 @@ class RedisSpec(ApiModel):
 class RunPolicySpec(ApiModel):
     """How long a job may wait and run, like a Kubernetes Job's (and Kubeflow's runPolicy)."""
 
+    suspend: bool = Field(
+        default=False, description="true deletes every pod and keeps the job's progress and checkpoints; false "
+        "again recreates them, and each resumes where it stopped (trainers from their cursors, servers from their "
+        "latest checkpoints). A job created suspended starts nothing until resumed (how a queue such as Kueue "
+        "admits it).")
     pending_timeout_seconds: float | None = Field(
         default=None, gt=0.0, le=604_800.0,
         description="Fail the job when a replica has not started this long after it was created (stuck on an "
@@ -541,6 +546,38 @@ class TrainingJobSpec(ApiModel):
     recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     redis: RedisSpec = Field(default_factory=RedisSpec)
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+
+
+# What cannot change once a job runs: replicas started with the old spec would train beside replacements
+# started with the new one (two models, two learning rates, another data shard). The number of embedding
+# servers (or trainers) would re-shard the tables (or the data); checkpoints would be looked for elsewhere.
+# Everything else (images, resources, templates, env, the recovery and run policies, the checkpoint cadence)
+# applies to replacements from then on.
+FROZEN_WHILE_RUNNING: tuple[tuple[str, ...], ...] = (
+    ("model",), ("data",), ("redis",),
+    ("training", "denseLearningRate"), ("training", "embeddingLearningRate"), ("training", "hogwildThreads"),
+    ("training", "prefetchBatches"), ("training", "warmupSteps"), ("training", "sync"), ("training", "device"),
+    ("training", "torchThreads"),
+    ("replicas", "trainer", "replicas"), ("replicas", "embeddingServer", "replicas"),
+    ("replicas", "syncServer", "replicas"),
+    ("recovery", "checkpoint", "storage"), ("recovery", "checkpoint", "volume"),
+    ("recovery", "checkpoint", "objectStore"),
+)
+
+
+def frozen_change(old: TrainingJobSpec, new: TrainingJobSpec) -> tuple[str, str] | None:
+    """(field, why) of the first field a running job cannot change that ``new`` changes; else None."""
+    before, after = old.to_wire(), new.to_wire()
+    for path in FROZEN_WHILE_RUNNING:
+        a: object = before
+        b: object = after
+        for key in path:
+            a = a.get(key) if isinstance(a, dict) else None
+            b = b.get(key) if isinstance(b, dict) else None
+        if a != b:
+            return (f"spec.{'.'.join(path)}", "cannot change while the job runs (replicas started with the old value "
+                    "would train beside replacements started with the new one); delete and recreate the job")
+    return None
 
 
 def default_image() -> str:

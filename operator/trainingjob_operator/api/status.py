@@ -13,6 +13,7 @@ class Phase(enum.StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     RECOVERING = "Recovering"
+    SUSPENDED = "Suspended"  # runPolicy.suspend (or waiting for a queue's admission): no pods, state kept
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 

@@ -72,6 +72,10 @@ class OperatorConfig:
     tune_every_s: float = 30.0
     """Re-plan the checkpoint interval this often, and after every failure."""
 
+    force_delete_margin_s: float = 60.0
+    """A pod still terminating this long after its grace period ended (its node is unreachable) is
+    force-deleted, so that its replacement (same name) can start."""
+
     redis_timeout_s: float = 2.0
     """Socket timeout of the operator's Redis calls: a slow Redis must not stall recoveries."""
 

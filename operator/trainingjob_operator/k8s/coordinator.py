@@ -37,16 +37,28 @@ from redis.retry import Retry
 
 from trainingjob_operator import tuning
 from trainingjob_operator.api.loading import ManifestError
-from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob, TrainingJobSpec
+from trainingjob_operator.api.spec import (
+    ROLES,
+    RecoveryMode,
+    Role,
+    TrainingJob,
+    TrainingJobSpec,
+    frozen_change,
+)
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
-from trainingjob_operator.k8s import resources
+from trainingjob_operator.k8s import kueue, resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.kube import Kube, KubeError, NotFound
 from trainingjob_operator.k8s.metrics import Metrics
-from trainingjob_operator.k8s.observe import HeartbeatSnapshot, mark_deleting, with_heartbeats
+from trainingjob_operator.k8s.observe import (
+    HeartbeatSnapshot,
+    mark_deleting,
+    stuck_terminating,
+    with_heartbeats,
+)
 from trainingjob_operator.k8s.reporting import (
     OWNED_KEYS,
     RecoveryFacts,
@@ -188,6 +200,11 @@ class JobCoordinator:
         self.awaiting_ready: dict[ReplicaId, float] = {}  # replaced replica -> failure time (o_res)
         self.create_retry_at: dict[ReplicaId, tuple[int, float]] = {}  # refused creates: (attempts, next try)
         self.reported_stuck: set[tuple[ReplicaId, str]] = set()  # (replica, reason) already in an Event
+        self.forced: dict[ReplicaId, str] = {}  # replica -> UID we force-deleted (once per pod)
+        self.admission: kueue.Admission | None = None  # Kueue's verdict on a queued job; None: not queued
+        self.workload: dict[str, Any] | None = None
+        self.workload_finished = False
+        self.flavor_labels: dict[str, dict[str, str]] = {}  # pod set (role) -> its flavor's node labels
         self.heartbeats: HeartbeatSnapshot | None = None
         self.heard_since: float | None = None  # since when heartbeat reads succeeded without a gap
         self.view: RedisView | None = None
@@ -210,8 +227,15 @@ class JobCoordinator:
     async def run(self, stopped: Any) -> None:
         """Until the job is finished and quiet, deleted, or the daemon is stopped."""
         try:
-            if not await self.start():
-                return
+            while not await self.start():
+                # Invalid (validate_job reported it): wait for a corrected spec rather than exit, so fixing the
+                # manifest starts the job without an operator restart.
+                if stopped or self._deleting():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.ctx.config.tick_s * 5):
+                        await self._wake.wait()
+                self._wake.clear()
             while not stopped and not self._deleting():
                 try:
                     await self.step()
@@ -300,9 +324,13 @@ class JobCoordinator:
         if now >= self.next_refresh_at:
             await self._refresh(now)
         observed = self._observe(now)
+        hold = self.admission.reason if self.admission is not None and not self.admission.admitted else None
         decision = reconcile(self.job.spec, observed, self.memory, now, self.effective_mode(),
-                             heard_since=self.heard_since if self.heard_since is not None else now)
+                             heard_since=self.heard_since if self.heard_since is not None else now, hold=hold)
         self.memory = await self._apply(decision, observed)
+        if self.memory.phase.finished:
+            await self._finish_workload(now)
+        await self._force_delete_stuck_terminations(observed, now)
         self._track_replacements(observed)
         self._report_stuck(stuck_replicas(self.job.spec, observed, self.memory, now))
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
@@ -323,6 +351,8 @@ class JobCoordinator:
         self._spec_raw = copy.deepcopy(raw)
         try:
             job, url = resources.admit(self.body, *self.ctx.config.job_defaults)
+            if (frozen := frozen_change(self.job.spec, job.spec)) is not None:
+                raise ManifestError(*frozen)
         except ManifestError as e:
             self.log.warning("spec update rejected; keeping the previous spec", error=str(e))
             return
@@ -383,6 +413,7 @@ class JobCoordinator:
             return _forget_create(memory, action)  # backing off: the core asks again next step
         manifest = resources.render_pod(self.job, action.id, owner=self.owner, redis_url=self.redis_url,
                                         generation=action.generation)
+        manifest = kueue.with_node_labels(manifest, self.flavor_labels.get(action.id.role.value, {}))
         try:
             created = await self.ctx.kube.create_pod(self.job.namespace, manifest)
         except KubeError as e:
@@ -427,6 +458,26 @@ class JobCoordinator:
         self.log.warning("replica failed", pod=pod, reason=f.reason, exit_code=f.exit_code,
                          mode=record.mode, generation=record.generation)
 
+    async def _force_delete_stuck_terminations(self, observed: Mapping[ReplicaId, ObservedReplica],
+                                               now: float) -> None:
+        """A pod stuck Terminating (its node unreachable) would block its replica forever: force-delete it (grace
+        0), with a Warning event."""
+        for obs in stuck_terminating(observed, now, self.ctx.config.force_delete_margin_s):
+            if self.forced.get(obs.id) == obs.instance:
+                continue
+            name = resources.pod_name(self.job.name, obs.id)
+            try:
+                await self.ctx.kube.delete_pod(self.job.namespace, name, uid=obs.instance, grace_period_s=0)
+            except KubeError as e:
+                self.log.error("force delete failed", pod=name, error=str(e))
+                continue
+            self.forced[obs.id] = obs.instance
+            overdue = now - (obs.deleting_until or now)
+            message = (f"pod {name} was still terminating {overdue:.0f}s after its grace period ended (node "
+                       "unreachable?): force-deleted so that its replacement can start")
+            kopf.event(self.body, type="Warning", reason="ForceDeleted", message=message)  # type: ignore[arg-type]
+            self.log.warning("pod force-deleted", pod=name, overdue_s=round(overdue, 1))
+
     def _report_stuck(self, stuck: list[Stuck]) -> None:
         """A Warning Event and a metric the first time a replica is stuck for a reason (the Stuck
         condition carries the current list)."""
@@ -450,6 +501,59 @@ class JobCoordinator:
                 seconds = max(0.0, self.clock() - failed_at)
                 self.ctx.executor.submit(_quietly, self.coord.record_cost, "o_res", seconds)
 
+    # --- Kueue ------------------------------------------------------------------------------------
+    async def _follow_admission(self) -> None:
+        """A queued job (``kueue.x-k8s.io/queue-name``): make sure its Workload exists and read Kueue's verdict;
+        a failed read keeps the last one."""
+        queue = kueue.queue_name(self.job)
+        if queue is None:
+            self.admission = None
+            return
+        name = kueue.workload_name(self.job.name)
+        try:
+            workload = await self.ctx.kube.get_workload(self.job.namespace, name)
+            if workload is None and not self.memory.phase.finished:
+                pods = {role: resources.render_pod(self.job, ReplicaId(role, 0), owner=self.owner,
+                                                   redis_url=self.redis_url, generation=0) for role in ROLES}
+                await self.ctx.kube.create_workload(self.job.namespace, kueue.render_workload(
+                    self.job, self.owner.reference(), pods))
+                self.log.info("workload created", workload=name, queue=queue)
+        except KubeError as e:
+            if self.admission is None or not self.admission.admitted:
+                self.admission = kueue.Admission(False, {}, f"waiting for Kueue admission (LocalQueue {queue}): "
+                                                 f"the Workload cannot be read or created ({e}; is Kueue installed?)")
+            self.log.warning("kueue workload unavailable", error=str(e))
+            return
+        admission = kueue.admission_of(workload, queue)
+        if admission.admitted and (self.admission is None or admission.flavors != self.admission.flavors):
+            self.flavor_labels = {}
+            for pod_set, flavors in admission.flavors.items():
+                labels: dict[str, str] = {}
+                for flavor in flavors:
+                    try:
+                        found = await self.ctx.kube.get_resource_flavor(flavor)
+                    except KubeError as e:  # e.g. no RBAC for the cluster-scoped flavors: run without its labels
+                        self.log.warning("resource flavor unreadable", flavor=flavor, error=str(e))
+                        found = None
+                    labels.update(((found or {}).get("spec") or {}).get("nodeLabels") or {})
+                self.flavor_labels[pod_set] = labels
+        if self.admission is None or admission.admitted != self.admission.admitted:
+            self.log.info("kueue admission", admitted=admission.admitted, reason=admission.reason)
+            self.poke()
+        self.admission = admission
+        self.workload = workload
+
+    async def _finish_workload(self, now: float) -> None:
+        """``Finished=True`` on the Workload once the job is done: Kueue releases its quota."""
+        if self.admission is None or self.workload is None or self.workload_finished:
+            return
+        conditions = (self.workload.get("status") or {}).get("conditions") or []
+        failed = next((c for c in self.memory.conditions if c.type == "Failed" and c.status == "True"), None)
+        message = failed.message if failed is not None else "all trainers finished"
+        await self.ctx.kube.patch_workload_status(self.job.namespace, kueue.workload_name(self.job.name), {
+            "conditions": kueue.finished_conditions(conditions, self.memory.phase.value, message, iso(now))})
+        self.workload_finished = True
+
     # --- Redis ------------------------------------------------------------------------------------
     async def _redis(self, fn: Callable[[Coordination], T]) -> T | None:
         try:
@@ -460,6 +564,7 @@ class JobCoordinator:
 
     async def _refresh(self, now: float) -> None:
         self.next_refresh_at = now + self.ctx.config.tick_s * 0.9
+        await self._follow_admission()
         spec = self.job.spec
         self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))
         # Silence counts from the first read after a gap (the coordinator's start, or Redis coming back).

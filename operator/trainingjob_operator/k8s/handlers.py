@@ -37,7 +37,7 @@ from typing import Any
 import kopf
 
 from trainingjob_operator.api.loading import ManifestError
-from trainingjob_operator.api.spec import GROUP, PLURAL, VERSION
+from trainingjob_operator.api.spec import GROUP, PLURAL, VERSION, TrainingJobSpec, frozen_change
 from trainingjob_operator.k8s import resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.coordinator import JobCoordinator, JobKey, OperatorContext
@@ -136,12 +136,22 @@ def validate_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: 
         logger.error(f"invalid TrainingJob: {e}")
 
 
+def _valid_spec(raw: Any) -> TrainingJobSpec | None:
+    try:
+        return TrainingJobSpec.model_validate(raw or {})
+    except ValueError:
+        return None
+
+
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def spec_changed(body: kopf.Body, name: str, namespace: str | None, memo: Any, logger: kopf.Logger,
+def spec_changed(body: kopf.Body, name: str, namespace: str | None, memo: Any, logger: kopf.Logger, old: Any,
                  **_: Any) -> None:
     ctx = context_of(memo)
     try:
-        resources.admit(body, *ctx.config.job_defaults)
+        job, _url = resources.admit(body, *ctx.config.job_defaults)
+        before = _valid_spec(old)  # None: the old spec was invalid (the job never ran), any valid one may follow
+        if before is not None and (frozen := frozen_change(before, job.spec)) is not None:
+            raise ManifestError(*frozen)
     except ManifestError as e:
         kopf.event(body, type="Warning", reason="SpecUpdateRejected", message=f"{e}; keeping the previous spec")
         logger.error(f"spec update rejected: {e}")

@@ -49,6 +49,10 @@ def _core(namespace: str, plural: str, name: str | None = None, sub: str | None 
     return "/".join(p for p in (f"/api/v1/namespaces/{namespace}/{plural}", name, sub) if p)
 
 
+def _kueue(namespace: str, plural: str, name: str | None = None, sub: str | None = None) -> str:
+    return "/".join(p for p in (f"/apis/kueue.x-k8s.io/v1beta1/namespaces/{namespace}/{plural}", name, sub) if p)
+
+
 def _job_url(namespace: str, name: str, sub: str | None = None) -> str:
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
     return f"{base}/{sub}" if sub else base
@@ -164,6 +168,33 @@ class Kube:
         except (NotFound, Conflict):
             return False
         return True
+
+    # --- Kueue -------------------------------------------------------------------------------------
+    async def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await self._call("get", _kueue(namespace, "workloads", name), "get workloads")
+        except NotFound:
+            return None
+        return found
+
+    async def create_workload(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        try:
+            await self._call("post", _kueue(namespace, "workloads"), "create workloads", manifest)
+        except Conflict:
+            return False
+        return True
+
+    async def patch_workload_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self._call("patch", _kueue(namespace, "workloads", name, "status"), "patch workloads/status",
+                         {"status": status}, _MERGE)
+
+    async def get_resource_flavor(self, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await self._call("get", f"/apis/kueue.x-k8s.io/v1beta1/resourceflavors/{name}",
+                                                     "get resourceflavors")
+        except NotFound:
+            return None
+        return found
 
     # --- the TrainingJob --------------------------------------------------------------------------
     async def patch_job_status(self, namespace: str, name: str, status_patch: dict[str, Any]) -> None:

@@ -96,6 +96,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
         reason=reason,
         started_at=started,
         deleting=bool(meta.get("deletionTimestamp")),
+        deleting_until=parse_time(meta.get("deletionTimestamp")),
         waiting_reason=waiting_reason,
         waiting_message=waiting_message[:300],
     )
@@ -125,6 +126,18 @@ def with_heartbeats(
             heartbeat = min(now, member[1] + age)
         out[rid] = dataclasses.replace(obs, heartbeat_at=heartbeat)
     return out
+
+
+FORCE_DELETE_MARGIN_S = 60.0  # past its grace period plus this, a terminating pod is stuck (its node is gone)
+
+
+def stuck_terminating(observed: Mapping[ReplicaId, ObservedReplica], now: float,
+                      margin_s: float = FORCE_DELETE_MARGIN_S) -> list[ObservedReplica]:
+    """Pods still there ``margin_s`` after their graceful termination should have ended. The API server sets
+    ``deletionTimestamp`` to the delete time plus the grace period; a pod past it by a margin is on a node
+    that no longer answers, and blocks its replica's replacement (same name) until it is force-deleted."""
+    return [obs for obs in observed.values()
+            if obs.deleting and obs.deleting_until is not None and now > obs.deleting_until + margin_s]
 
 
 def mark_deleting(

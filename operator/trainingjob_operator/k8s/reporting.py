@@ -61,6 +61,10 @@ def memory_to_dict(m: JobMemory) -> dict[str, Any]:
     }
     if m.not_before:
         out["notBefore"] = {k: round(v, 3) for k, v in sorted(m.not_before.items())}
+    if m.resuming:
+        out["resuming"] = sorted(m.resuming)
+    if m.resumed_at is not None:
+        out["resumedAt"] = m.resumed_at
     if m.last_failure is not None:
         out["lastFailure"] = _failure_to_dict(m.last_failure)
     if m.start_time is not None:
@@ -88,6 +92,8 @@ def memory_from_status(status: Mapping[str, Any] | None) -> JobMemory | None:
             restarts={str(k): int(v) for k, v in (d.get("restarts") or {}).items()},
             failures=int(d.get("failures", 0)),
             not_before={str(k): float(v) for k, v in (d.get("notBefore") or {}).items()},
+            resuming=frozenset(d.get("resuming") or ()),
+            resumed_at=float(d["resumedAt"]) if d.get("resumedAt") is not None else None,
             last_failure=_failure_from_dict(d["lastFailure"]) if d.get("lastFailure") else None,
             conditions=conditions,
             start_time=float(d["startTime"]) if d.get("startTime") is not None else None,
@@ -224,6 +230,11 @@ def phase_event(before: Phase | None, after: Phase, decision: Decision) -> tuple
             return ("Normal", "Recovered",
                     f"all {desired} replicas running again (generation {decision.memory.generation})")
         return ("Normal", "Running", f"all {desired} replicas running")
+    if after is Phase.SUSPENDED:
+        suspended = conditions.get("Suspended")
+        return ("Normal", "Suspended", suspended.message if suspended else "suspended")
+    if before is Phase.SUSPENDED:
+        return ("Normal", "Resumed", "replicas recreated; each continues where it stopped")
     if after is Phase.SUCCEEDED:
         return ("Normal", "Succeeded", conditions["Succeeded"].message if "Succeeded" in conditions else "done")
     if after is Phase.FAILED:
