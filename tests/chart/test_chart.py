@@ -123,6 +123,9 @@ NAMESPACED = expand({
     ("", "events"): ("create",),
     ("kueue.x-k8s.io", "workloads"): ("get", "create"),
     ("kueue.x-k8s.io", "workloads/status"): ("patch",),
+    ("scheduling.volcano.sh", "podgroups"): ("create",),
+    ("scheduling.x-k8s.io", "podgroups"): ("create",),
+    ("networking.k8s.io", "networkpolicies"): ("create",),
 })
 CRD_READ = expand({("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch"),
                    ("kueue.x-k8s.io", "resourceflavors"): ("get",)})
@@ -702,3 +705,36 @@ def test_notes_name_the_gpus_each_trainer_gets(chart: helm_python.Chart) -> None
     job_part = notes(chart, GPU).split("Run a small job", 1)[1]
     assert "Each trainer gets 2 x nvidia.com/gpu" in job_part
     assert "gpu" not in notes(chart, {}).split("Run a small job", 1)[1].lower()
+
+
+# --- the bundled Redis's NetworkPolicy ---------------------------------------------------------------
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_only_the_operator_and_training_pods_reach_the_bundled_redis(chart: helm_python.Chart) -> None:
+    from trainingjob_operator.k8s.resources import Owner, render_pod
+    from trainingjob_operator.reconcile import ReplicaId
+
+    docs = render(chart, {})
+    policy = one(docs, "NetworkPolicy", f"{FULLNAME}-redis")
+    redis_pod = one(docs, "Deployment", f"{FULLNAME}-redis")["spec"]["template"]["metadata"]["labels"]
+    operator_pod = one(docs, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["labels"]
+    assert labels_match(policy["spec"]["podSelector"]["matchLabels"], redis_pod)
+    assert not labels_match(policy["spec"]["podSelector"]["matchLabels"], operator_pod)
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    peers = rule["from"]
+    # The operator's pods (this namespace), and every pod the operator creates for a job (any namespace).
+    assert labels_match(peers[0]["podSelector"]["matchLabels"], operator_pod) and "namespaceSelector" not in peers[0]
+    job = parse_manifest({"apiVersion": "training.cpr.dev/v1alpha1", "kind": "TrainingJob",
+                          "metadata": {"name": "j", "namespace": "team-a"}})
+    for role in ("trainer", "embedding-server", "sync-server"):
+        pod = render_pod(job, ReplicaId.parse(f"{role}-0"), owner=Owner("j", "u"), redis_url="redis://r", generation=0)
+        assert labels_match(peers[1]["podSelector"]["matchLabels"], pod["metadata"]["labels"]), role
+    assert peers[1]["namespaceSelector"] == {}
+    # No bundled Redis, or switched off: no policy.
+    assert find(render(chart, {"redis": {"external": {"url": "redis://redis.infra:6379/0"}}}), "NetworkPolicy") == []
+    assert find(render(chart, {"redis": {"networkPolicy": {"enabled": False}}}), "NetworkPolicy") == []

@@ -145,3 +145,18 @@ async def test_deleting_a_job_leaves_a_same_named_service_it_does_not_own(cluste
     assert [c for c in cluster.api.live("configmaps", NAMESPACE) if c["metadata"]["name"] == "zeta-spec"] == []
     [service] = [s for s in cluster.api.live("services", NAMESPACE) if s["metadata"]["name"] == "zeta"]
     assert service["spec"]["ports"] == [{"port": 80}] and "ownerReferences" not in service["metadata"]
+
+
+async def test_a_gang_job_creates_its_pod_group_before_any_pod(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create_job(manifest("gang", runPolicy={"gang": {"scheduler": "volcano"}}))
+    await eventually(lambda: cluster.running("gang", 5), what="5 running pods")
+    [group] = [g for g in cluster.api.live("podgroups", NAMESPACE) if g["metadata"]["name"] == "gang"]
+    assert group["spec"]["minMember"] == 5
+    group_at = next(e.at for e in cluster.api.journal if e.method == "POST" and e.plural == "podgroups")
+    first_pod_at = min(e.at for e in cluster.requests("POST", "pods"))
+    assert group_at < first_pod_at
+    [policy] = [p for p in cluster.api.live("networkpolicies", NAMESPACE) if p["metadata"]["name"] == "gang-servers"]
+    assert policy["metadata"]["ownerReferences"][0]["name"] == "gang"
+    for pod in cluster.pods("gang").values():
+        assert pod["spec"]["schedulerName"] == "volcano"
+        assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "gang"

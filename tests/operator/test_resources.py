@@ -391,3 +391,58 @@ def test_a_malformed_trainer_default_stops_the_operator_naming_the_variable(valu
 
     with pytest.raises(ValueError, match="TJ_DEFAULT_TRAINER_ROLE"):
         trainer_defaults_from_env(value)
+
+
+# --- gang placement ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("gang", "api_version", "scheduler"), [
+    pytest.param({"scheduler": "volcano", "queue": "training"}, "scheduling.volcano.sh/v1beta1", "volcano",
+                 id="volcano"),
+    pytest.param({"scheduler": "coscheduling", "scheduleTimeoutSeconds": 120}, "scheduling.x-k8s.io/v1alpha1",
+                 "scheduler-plugins-scheduler", id="coscheduling"),
+])
+def test_a_gang_renders_one_pod_group_of_every_replica_and_joins_each_pod_to_it(
+    gang: dict[str, Any], api_version: str, scheduler: str
+) -> None:
+    job = make_job(runPolicy={"gang": gang}, replicas={"trainer": {"replicas": 4}, "embeddingServer": {"replicas": 3}})
+    group = resources.render_pod_group(job, owner=OWNER)
+    assert group is not None and group["apiVersion"] == api_version and group["kind"] == "PodGroup"
+    assert group["metadata"]["name"] == "job" and group["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert group["spec"]["minMember"] == 4 + 3 + 1
+    pod = render_pod(job, ReplicaId(Role.TRAINER, 2), owner=OWNER, redis_url=REDIS, generation=0)
+    assert pod["spec"]["schedulerName"] == scheduler
+    if gang["scheduler"] == "volcano":
+        assert group["spec"]["queue"] == "training"
+        assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "job"
+    else:
+        assert group["spec"]["scheduleTimeoutSeconds"] == 120
+        assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "job"
+    assert resources.render_pod_group(make_job(), owner=OWNER) is None
+
+
+def test_a_gang_and_a_template_scheduler_are_one_choice_too_many() -> None:
+    with pytest.raises(ManifestError, match=r"schedulerName and runPolicy\.gang both choose the scheduler"):
+        make_job(runPolicy={"gang": {"scheduler": "volcano"}},
+                 replicas={"embeddingServer": {"template": {"spec": {"schedulerName": "other"}}}})
+
+
+def test_the_network_policy_lets_only_the_jobs_pods_reach_its_servers_and_is_a_valid_object() -> None:
+    import kubernetes_validate
+
+    policy = resources.render_network_policy(make_job(), owner=OWNER)
+    assert policy is not None
+    kubernetes_validate.validate(policy, "1.30", strict=True)
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"training.cpr.dev/job": "job"},
+        "matchExpressions": [{"key": "training.cpr.dev/role", "operator": "In",
+                              "values": ["embedding-server", "sync-server"]}]}
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"training.cpr.dev/job": "job"}}}],
+                                          "ports": [{"protocol": "TCP", "port": 50051}]}]
+    # It selects the server pods by their own labels, and only them.
+    server = render_pod(make_job(), ReplicaId(Role.SYNC_SERVER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    trainer = render_pod(make_job(), ReplicaId(Role.TRAINER, 0), owner=OWNER, redis_url=REDIS, generation=0)
+    role_in = policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    assert server["metadata"]["labels"]["training.cpr.dev/role"] in role_in
+    assert trainer["metadata"]["labels"]["training.cpr.dev/role"] not in role_in
+    assert resources.render_network_policy(make_job(networkPolicy=False), owner=OWNER) is None

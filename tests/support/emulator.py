@@ -66,6 +66,12 @@ RESOURCES: dict[str, dict[str, Any]] = {
                                          "verbs": VERBS, "subresources": ["status"]},
     "kueue.x-k8s.io/v1beta1/resourceflavors": {"kind": "ResourceFlavor", "singular": "resourceflavor",
                                                "namespaced": False, "verbs": VERBS},
+    "scheduling.volcano.sh/v1beta1/podgroups": {"kind": "PodGroup", "singular": "podgroup", "namespaced": True,
+                                                "verbs": VERBS, "subresources": ["status"]},
+    "scheduling.x-k8s.io/v1alpha1/podgroups": {"kind": "PodGroup", "singular": "podgroup", "namespaced": True,
+                                               "verbs": VERBS, "subresources": ["status"]},
+    "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy", "singular": "networkpolicy",
+                                             "namespaced": True, "verbs": VERBS},
     "v1/namespaces": {"kind": "Namespace", "singular": "namespace", "namespaced": False, "verbs": VERBS},
     "apiextensions.k8s.io/v1/customresourcedefinitions": {
         "kind": "CustomResourceDefinition", "singular": "customresourcedefinition", "namespaced": False,

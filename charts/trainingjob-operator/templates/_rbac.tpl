@@ -11,7 +11,9 @@ RBAC rules for the namespaced objects the operator touches. Each verb is here fo
   before the pods and deleted with the job unless its retainPolicy is Retain (no patch: claims are immutable);
 - events: kopf and the operator post Kubernetes Events (create only);
 - workloads (kueue.x-k8s.io): a job labelled kueue.x-k8s.io/queue-name gets a Workload the operator creates and
-  reads (Kueue's verdict), and marks Finished in its status (which releases the quota).
+  reads (Kueue's verdict), and marks Finished in its status (which releases the quota);
+- podgroups (Volcano, scheduler-plugins): runPolicy.gang creates one per job, owned by it (garbage-collected);
+- networkpolicies: one per job (spec.networkPolicy) lets only its pods reach its servers, owned by it.
 Nothing else grants update; nothing grants deletecollection, pods/exec, pods/log or secrets.
 Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 */}}
@@ -40,6 +42,12 @@ Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
   verbs: ["get", "create"]
+- apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create"]
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads/status"]
   verbs: ["patch"]

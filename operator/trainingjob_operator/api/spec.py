@@ -507,6 +507,24 @@ class RedisSpec(ApiModel):
         return url
 
 
+class GangSpec(ApiModel):
+    """All replicas placed at once or none: a PodGroup of every replica for a gang scheduler, so GPUs taken by
+    the first pods do not sit idle while the rest are unschedulable."""
+
+    scheduler: Literal["volcano", "coscheduling"] = Field(
+        description="volcano (PodGroup scheduling.volcano.sh/v1beta1) or coscheduling (the scheduler-plugins "
+        "PodGroup scheduling.x-k8s.io/v1alpha1).")
+    scheduler_name: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The pods' schedulerName; default volcano, or scheduler-plugins-scheduler for coscheduling.")
+    queue: str | None = Field(default=None, description="volcano: the Volcano queue of the PodGroup.")
+    schedule_timeout_seconds: int = Field(
+        default=300, ge=1, le=86_400, description="coscheduling: how long a partly placed gang may wait.")
+
+    def pod_scheduler(self) -> str:
+        return self.scheduler_name or ("volcano" if self.scheduler == "volcano" else "scheduler-plugins-scheduler")
+
+
 class RunPolicySpec(ApiModel):
     """How long a job may wait and run, like a Kubernetes Job's (and Kubeflow's runPolicy)."""
 
@@ -522,9 +540,17 @@ class RunPolicySpec(ApiModel):
         "a Warning event say why.")
     active_deadline_seconds: float | None = Field(
         default=None, gt=0.0, description="Fail the job (DeadlineExceeded) once it has run this long.")
+    gang: GangSpec | None = Field(
+        default=None, description="Kubernetes: place every replica at once (Volcano or scheduler-plugins "
+        "coscheduling); a replacement joins the running gang.")
     ttl_seconds_after_finished: float | None = Field(
         default=None, ge=0.0, description="Kubernetes: delete the TrainingJob (and its children) this long after "
         "it Succeeded or Failed. Unset: keep it.")
+
+
+def _camel(role: Role) -> str:
+    head, *rest = role.value.split("-")
+    return head + "".join(part.title() for part in rest)
 
 
 def warmup_steps(spec: TrainingJobSpec) -> int:
@@ -546,6 +572,20 @@ class TrainingJobSpec(ApiModel):
     recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     redis: RedisSpec = Field(default_factory=RedisSpec)
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+    network_policy: bool = Field(
+        default=True, description="Kubernetes: a NetworkPolicy lets only this job's pods reach its servers (gRPC "
+        "port 50051); any other ingress to the server pods (a sidecar's port too) is refused where the network "
+        "plugin enforces policies.")
+
+    @model_validator(mode="after")
+    def _one_scheduler(self) -> TrainingJobSpec:
+        if self.run_policy.gang is not None:
+            for role in ROLES:
+                template = self.replicas.for_role(role).template
+                if template is not None and template.spec.scheduler_name is not None:
+                    raise ValueError(f"replicas.{_camel(role)}.template.spec.schedulerName and runPolicy.gang both "
+                                     "choose the scheduler: keep one (runPolicy.gang.schedulerName)")
+        return self
 
 
 # What cannot change once a job runs: replicas started with the old spec would train beside replacements

@@ -309,6 +309,10 @@ class JobCoordinator:
         if not await self.ctx.kube.create_config_map(ns, config_map):
             await self.ctx.kube.patch_config_map(ns, config_map["metadata"]["name"], config_map["data"])
         await self.ctx.kube.create_service(ns, resources.render_service(self.job, owner=self.owner))
+        if (policy := resources.render_network_policy(self.job, owner=self.owner)) is not None:
+            await self.ctx.kube.create_network_policy(ns, policy)
+        if (group := resources.render_pod_group(self.job, owner=self.owner)) is not None:
+            await self.ctx.kube.create_pod_group(ns, group)  # before the pods: the gang scheduler waits for it
         await self._ensure_claims()
 
     async def _ensure_claims(self) -> None:

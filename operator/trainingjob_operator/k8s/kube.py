@@ -169,6 +169,24 @@ class Kube:
             return False
         return True
 
+    async def create_network_policy(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        try:
+            await self._call("post", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+                             "create networkpolicies", manifest)
+        except Conflict:
+            return False
+        return True
+
+    async def create_pod_group(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create a Volcano or scheduler-plugins PodGroup; False when it exists already."""
+        group, version = manifest["apiVersion"].split("/")
+        try:
+            await self._call("post", f"/apis/{group}/{version}/namespaces/{namespace}/podgroups",
+                             "create podgroups", manifest)
+        except Conflict:
+            return False
+        return True
+
     # --- Kueue -------------------------------------------------------------------------------------
     async def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

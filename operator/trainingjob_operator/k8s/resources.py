@@ -351,7 +351,62 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
     metadata = _metadata(name, job.namespace, pod_labels(job.name, rid), owner)
     metadata["annotations"] = {ANNOTATION_GENERATION: str(generation)}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
-    return _apply_template(pod, role.template)
+    return _apply_gang(_apply_template(pod, role.template), job)
+
+
+# --- network policy -----------------------------------------------------------------------------
+
+
+def render_network_policy(job: TrainingJob, *, owner: Owner) -> dict[str, Any] | None:
+    """Only this job's pods reach its servers' gRPC port (``spec.networkPolicy``): the embedding and sync servers
+    accept no RPC from another job's trainer, or from anything else in the cluster. Kubelet probes come from the
+    node and are not subject to it."""
+    if not job.spec.network_policy:
+        return None
+    servers = {"matchLabels": {LABEL_JOB: job.name},
+               "matchExpressions": [{"key": LABEL_ROLE, "operator": "In",
+                                     "values": sorted(r.value for r in SERVER_ROLES)}]}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _metadata(f"{job.name}-servers", job.namespace, job_labels(job.name), owner),
+        "spec": {"podSelector": servers, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {LABEL_JOB: job.name}}}],
+                              "ports": [{"protocol": "TCP", "port": GRPC_PORT}]}]},
+    }
+
+
+# --- gang placement -----------------------------------------------------------------------------
+
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+
+
+def render_pod_group(job: TrainingJob, *, owner: Owner) -> dict[str, Any] | None:
+    """The PodGroup of ``runPolicy.gang``: every replica of the job, placed at once or not at all."""
+    gang = job.spec.run_policy.gang
+    if gang is None:
+        return None
+    members = sum(job.spec.replicas.count(role) for role in (Role.EMBEDDING_SERVER, Role.SYNC_SERVER, Role.TRAINER))
+    metadata = _metadata(job.name, job.namespace, job_labels(job.name), owner)
+    if gang.scheduler == "volcano":
+        spec: dict[str, Any] = {"minMember": members}
+        if gang.queue:
+            spec["queue"] = gang.queue
+        return {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup", "metadata": metadata, "spec": spec}
+    return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": metadata,
+            "spec": {"minMember": members, "scheduleTimeoutSeconds": gang.schedule_timeout_seconds}}
+
+
+def _apply_gang(pod: dict[str, Any], job: TrainingJob) -> dict[str, Any]:
+    gang = job.spec.run_policy.gang
+    if gang is None:
+        return pod
+    pod["spec"]["schedulerName"] = gang.pod_scheduler()
+    if gang.scheduler == "volcano":
+        pod["metadata"]["annotations"][VOLCANO_GROUP_ANNOTATION] = job.name
+    else:
+        pod["metadata"]["labels"][COSCHEDULING_GROUP_LABEL] = job.name
+    return pod
 
 
 # --- the Service and the ConfigMap --------------------------------------------------------------
