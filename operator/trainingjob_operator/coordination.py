@@ -21,17 +21,21 @@ from redis.retry import Retry
 _RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30)
 
 
-def connect(url: str, patient: bool = True) -> redis.Redis:
+def connect(url: str, patient: bool = True, username: str | None = None,
+            password: str | None = None) -> redis.Redis:
     """A client for replicas (``patient``: rides out a Redis restart, retrying for ~20 s) or for a coordinator
-    (fails within ~2 s: the coordinator tries again on its next tick instead of stalling every job's loop)."""
+    (fails within ~2 s: the coordinator tries again on its next tick instead of stalling every job's loop).
+    ``username``/``password``: the job's own Redis user (``job_user``), over whatever the URL carries."""
+    credentials = {k: v for k, v in (("username", username), ("password", password)) if v}
     if not patient:
         return redis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=10,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=10, **credentials,
         )
     return redis.Redis.from_url(
         url,
+        **credentials,
         decode_responses=True,
         retry=_RETRY,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
@@ -75,14 +79,35 @@ def waiting_for(progress: Iterable[Progress]) -> list[str]:
 TRACE_POINTS = 4000  # per trainer: ~30 minutes of progress reports at the default 0.5 s
 
 
+def key_prefix(namespace: str, job: str) -> str:
+    """Every key of one job starts with this (and nothing of another job does)."""
+    return f"tj:{namespace}:{job}:"
+
+
+def job_user(namespace: str, job: str) -> str:
+    """The Redis ACL user of one job's replicas."""
+    return f"tj-{namespace}-{job}"
+
+
+def grant_job_user(r: redis.Redis, namespace: str, job: str, password: str) -> None:
+    """Create (or reset) the job's ACL user: its password, its own key prefix only, no admin or dangerous commands
+    (FLUSHALL, KEYS, CONFIG, DEBUG...). A replica of one job can neither read nor write another job's keys."""
+    r.execute_command("ACL", "SETUSER", job_user(namespace, job), "reset", "on", f">{password}",
+                      f"~{key_prefix(namespace, job)}*", "resetchannels", "+@all", "-@admin", "-@dangerous")
+
+
+def revoke_job_user(r: redis.Redis, namespace: str, job: str) -> None:
+    r.execute_command("ACL", "DELUSER", job_user(namespace, job))
+
+
 class Coordination:
     """Typed access to one job's coordination keys."""
 
     def __init__(self, url: str, namespace: str, job: str, client: redis.Redis | None = None,
-                 patient: bool = True) -> None:
+                 patient: bool = True, username: str | None = None, password: str | None = None) -> None:
         self.url = url
-        self.prefix = f"tj:{namespace}:{job}:"
-        self.r = client if client is not None else connect(url, patient)
+        self.prefix = key_prefix(namespace, job)
+        self.r = client if client is not None else connect(url, patient, username, password)
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)

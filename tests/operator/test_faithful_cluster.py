@@ -191,3 +191,42 @@ async def test_a_suspended_job_resumes_where_it_stopped(faithful: FaithfulCluste
     assert done < SMALL["data"]["trainSamples"] + paused_at / 2
     condition = cluster.condition("real", "Suspended")
     assert condition is not None and (condition["status"], condition["reason"]) == ("False", "Resumed")
+
+
+async def test_each_job_reaches_redis_as_its_own_user_limited_to_its_keys(cluster: Cluster, tmp_path: Path) -> None:
+    """A Redis with a password: the operator holds it; every job gets its own ACL user in a Secret its pods read by
+    secretKeyRef, their pod spec carries no credentials, and with that user a job can touch no other job's keys."""
+    import redis as redis_client
+
+    from trainingjob_operator.coordination import Coordination
+
+    async with faithful_cluster(tmp_path, time_scale=TIME_SCALE, api=cluster.api,
+                                redis_password="admin-secret") as faithful:
+        cluster, kubelet = faithful.cluster, faithful.kubelet
+        await cluster.create_job(manifest("real", **SMALL))
+        await eventually(lambda: cluster.running("real", 5), timeout=60, what="5 running pods")
+        for pod in cluster.pods("real").values():
+            env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+            assert "admin-secret" not in str(pod["spec"])  # no credentials anywhere in the pod spec
+            assert env["TJ_REDIS_URL"]["value"] == faithful.redis.url.replace(":admin-secret@", "")
+            assert env["TJ_REDIS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "real-redis", "key": "password"}}
+        [secret] = [s for s in cluster.api.live("secrets", "ml") if s["metadata"]["name"] == "real-redis"]
+        assert secret["metadata"]["ownerReferences"][0]["name"] == "real"
+        username, password = secret["stringData"]["username"], secret["stringData"]["password"]
+        assert username == "tj-ml-real" and len(password) >= 32
+
+        await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=240, what="job Succeeded")
+        assert all(cluster.coordination("real").result(rank) is not None for rank in (0, 1))
+        assert kubelet.probe_kills == []
+        # The job's user: its own keys yes, another job's and admin commands no.
+        mine = Coordination(faithful.redis.url.replace(":admin-secret@", ""), "ml", "real", username=username,
+                            password=password)
+        assert mine.result(0) is not None
+        with pytest.raises(redis_client.exceptions.NoPermissionError):
+            mine.r.get("tj:ml:other:members:trainer:0")
+        with pytest.raises(redis_client.exceptions.NoPermissionError):
+            mine.r.flushall()
+        await cluster.delete_job("real")
+        await eventually(lambda: not cluster.job_exists("real"), timeout=30, what="job deleted")
+        admin = redis_client.Redis.from_url(faithful.redis.url, decode_responses=True)
+        assert "tj-ml-real" not in admin.acl_users()  # its user went with it

@@ -168,8 +168,8 @@ class FaithfulCluster:
 
 
 @asynccontextmanager
-async def faithful_cluster(workdir: Path, *, time_scale: float = 1.0,
-                           api: ApiServerEmulator | None = None) -> AsyncIterator[FaithfulCluster]:
+async def faithful_cluster(workdir: Path, *, time_scale: float = 1.0, api: ApiServerEmulator | None = None,
+                           redis_password: str | None = None) -> AsyncIterator[FaithfulCluster]:
     """The operator on an emulated API server whose pods the faithful kubelet runs as real processes, with
     a redis-server on the kubelet's bridge (where every pod reaches it). ``time_scale`` scales probe and
     grace periods (1.0: as a cluster runs them)."""
@@ -179,7 +179,7 @@ async def faithful_cluster(workdir: Path, *, time_scale: float = 1.0,
         # The "image" holds the project (a CI clone may live anywhere, not only under /work).
         async with FaithfulKubelet(served, workdir / "node", namespace=NAMESPACE, time_scale=time_scale,
                                    extra_binds=[ROOT]) as kubelet:
-            embedded = EmbeddedRedis(workdir / "redis", host=kubelet.bridge_ip)
+            embedded = EmbeddedRedis(workdir / "redis", host=kubelet.bridge_ip, password=redis_password)
             with embedded as redis_url:
                 operator = Operator(config=operator_config(served, redis_url))
                 await operator.start()

@@ -3,7 +3,8 @@
 Env contract (ARCHITECTURE.md §7): TJ_JOB, TJ_NAMESPACE, TJ_ROLE, TJ_RANK, TJ_REDIS_URL,
 TJ_SPEC (JSON) or TJ_SPEC_FILE, POD_IP, TJ_INSTANCE (pod UID; the pid locally), TJ_GENERATION,
 TJ_CHECKPOINT_DIR, TJ_GRPC_PORT (the port a server serves on: the one its pod declares and probes;
-0 picks a free one). The operator and the local supervisor render it with the same function
+0 picks a free one), TJ_REDIS_USERNAME and TJ_REDIS_PASSWORD (on Kubernetes from the job's Secret: the URL
+carries no credentials). The operator and the local supervisor render it with the same function
 (``trainingjob_operator.core.contract``). Exit code 78 means a configuration error that no restart can fix.
 """
 
@@ -41,6 +42,8 @@ class ReplicaEnv:
     generation: int
     checkpoint_location: str  # a directory (a mounted volume) or an s3:// URL
     port: int = 0
+    redis_username: str | None = None  # the job's own Redis user (a Secret on Kubernetes); None: the URL's
+    redis_password: str | None = None
 
     @property
     def name(self) -> str:
@@ -89,6 +92,8 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
         role=role,
         rank=rank,
         redis_url=_require(env, "TJ_REDIS_URL"),
+        redis_username=env.get("TJ_REDIS_USERNAME") or None,
+        redis_password=env.get("TJ_REDIS_PASSWORD") or None,
         spec=spec,
         host=env.get("POD_IP") or "127.0.0.1",
         instance=env.get("TJ_INSTANCE") or str(os.getpid()),
@@ -100,7 +105,8 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
 
 
 def coordination(renv: ReplicaEnv) -> Coordination:
-    return Coordination(renv.redis_url, renv.namespace, renv.job)
+    return Coordination(renv.redis_url, renv.namespace, renv.job, username=renv.redis_username,
+                        password=renv.redis_password)
 
 
 class Heartbeat(threading.Thread):

@@ -14,7 +14,9 @@ RBAC rules for the namespaced objects the operator touches. Each verb is here fo
   reads (Kueue's verdict), and marks Finished in its status (which releases the quota);
 - podgroups (Volcano, scheduler-plugins): runPolicy.gang creates one per job, owned by it (garbage-collected);
 - networkpolicies: one per job (spec.networkPolicy) lets only its pods reach its servers, owned by it.
-Nothing else grants update; nothing grants deletecollection, pods/exec, pods/log or secrets.
+- secrets: each job's own Redis user (an ACL user limited to its keys) goes in a Secret "<job>-redis" its pods
+  read by secretKeyRef: created once, read back after an operator restart, deleted with the job.
+Nothing else grants update; nothing grants deletecollection, pods/exec, pods/log, or list/watch on secrets.
 Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 */}}
 {{- define "tj.namespacedRules" -}}
@@ -39,6 +41,9 @@ Call with (dict "ctx" . "peeringKind" "kopfpeerings" or "").
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
   verbs: ["get", "create"]

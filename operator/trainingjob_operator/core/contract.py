@@ -10,6 +10,7 @@ of the contract's (on either backend).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from trainingjob_operator.api.spec import TrainingJob
 from trainingjob_operator.reconcile import ReplicaId
@@ -48,7 +49,9 @@ EnvValue = str | FieldRef | ConfigMapKey | SecretKey
 OBJECT_STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 CONTRACT_ENV = frozenset({"TJ_JOB", "TJ_NAMESPACE", "TJ_ROLE", "TJ_RANK", "TJ_REDIS_URL", "TJ_SPEC", "POD_IP",
-                          "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR", "TJ_GRPC_PORT"})
+                          "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR", "TJ_GRPC_PORT", "TJ_REDIS_USERNAME",
+                          "TJ_REDIS_PASSWORD"})
+REDIS_SECRET_KEYS = ("username", "password")  # of the job's Redis Secret (``<job>-redis``)
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,20 @@ def _object_store_env(job: TrainingJob, placement: Placement) -> list[tuple[str,
     return env
 
 
+def url_without_credentials(url: str) -> str:
+    """A Redis URL with any user and password removed: what may appear in a pod spec."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation: int,
-                placement: Placement) -> list[tuple[str, EnvValue]]:
+                placement: Placement, redis_secret: str | None = None) -> list[tuple[str, EnvValue]]:
     """The replica's environment: the role's extra variables first, then the contract (which they never
     override), then the object store's client settings when checkpoints live in one."""
     contract: list[tuple[str, EnvValue]] = [
@@ -112,6 +127,10 @@ def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation:
     ]
     if placement.instance is not None:
         contract.insert(7, ("TJ_INSTANCE", placement.instance))
+    if redis_secret is not None and placement.secrets:
+        # The job's own Redis user, from its Secret; the URL in the pod spec carries no credentials.
+        contract[4] = ("TJ_REDIS_URL", url_without_credentials(redis_url))
+        contract += [(f"TJ_REDIS_{key.upper()}", SecretKey(redis_secret, key)) for key in REDIS_SECRET_KEYS]
     contract += _object_store_env(job, placement)
     ours = CONTRACT_ENV | {name for name, _ in contract}
     extra = job.spec.replicas.for_role(rid.role).env

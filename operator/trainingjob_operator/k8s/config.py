@@ -72,6 +72,11 @@ class OperatorConfig:
     tune_every_s: float = 30.0
     """Re-plan the checkpoint interval this often, and after every failure."""
 
+    job_redis_users: bool = True
+    """Give every job its own Redis ACL user, limited to its keys, in a Secret its pods read (TJ_REDIS_JOB_USERS=0
+    turns it off; a Redis older than 6 or an operator user without ACL rights falls back to the operator's
+    credentials, passed through the same Secret, never in a pod's env in plain text)."""
+
     force_delete_margin_s: float = 60.0
     """A pod still terminating this long after its grace period ended (its node is unreachable) is
     force-deleted, so that its replacement (same name) can start."""
@@ -102,6 +107,7 @@ class OperatorConfig:
             standalone=os.environ.get("TJ_STANDALONE", "") in ("1", "true", "yes"),
             default_redis_url=os.environ.get("TJ_DEFAULT_REDIS_URL") or None,
             trainer_defaults=trainer_defaults_from_env(os.environ.get("TJ_DEFAULT_TRAINER_ROLE")),
+            job_redis_users=os.environ.get("TJ_REDIS_JOB_USERS", "1") not in ("0", "false", "no"),
             metrics_port=int(port) if port else None,
             tick_s=_float_env("TJ_TICK_SECONDS", 2.0),
             tune_every_s=_float_env("TJ_TUNE_EVERY_SECONDS", 30.0),

@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from trainingjob_operator.api.spec import (
     frozen_change,
 )
 from trainingjob_operator.api.status import Phase, ProgressStatus
-from trainingjob_operator.coordination import Coordination
+from trainingjob_operator.coordination import Coordination, grant_job_user, job_user
 from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.k8s import kueue, resources
@@ -201,6 +202,9 @@ class JobCoordinator:
         self.create_retry_at: dict[ReplicaId, tuple[int, float]] = {}  # refused creates: (attempts, next try)
         self.reported_stuck: set[tuple[ReplicaId, str]] = set()  # (replica, reason) already in an Event
         self.forced: dict[ReplicaId, str] = {}  # replica -> UID we force-deleted (once per pod)
+        self.redis_secret: str | None = None  # the Secret with the job's own Redis user; None: the operator's URL
+        self._redis_password: str | None = None
+        self._redis_granted = False
         self.admission: kueue.Admission | None = None  # Kueue's verdict on a queued job; None: not queued
         self.workload: dict[str, Any] | None = None
         self.workload_finished = False
@@ -293,6 +297,7 @@ class JobCoordinator:
         elif not self.pods.get(self.key):
             # A brand-new job: drop what an earlier job of the same name left in Redis.
             await self._redis(lambda c: c.clear())
+        await self._ensure_redis_user()
         await self._ensure_children()
         durable, reason, message = resources.checkpoint_durability(self.job)
         self.memory = dataclasses.replace(self.memory, conditions=set_condition(
@@ -302,6 +307,43 @@ class JobCoordinator:
         await self._tune(self.clock())  # before the first step: ``auto`` needs a mode to start with
         self.next_tune_at = self.clock() + self.ctx.config.tune_every_s
         return True
+
+    async def _ensure_redis_user(self) -> None:
+        """The job's own Redis ACL user, limited to its keys, its password in the Secret ``<job>-redis`` that its
+        pods read (kept across operator restarts: the pods hold it). A Redis that has no ACLs, or refuses them to
+        the operator, leaves the job on the operator's connection, with a Warning event saying so; an unreachable
+        Redis is granted on a later tick."""
+        if not self.ctx.config.job_redis_users:
+            return
+        ns, job = self.job.namespace, self.job.name
+        name = resources.redis_secret_name(job)
+        username = job_user(ns, job)
+        data = await self.ctx.kube.get_secret_data(ns, name)
+        if data is None or data.get("username") != username or not data.get("password"):
+            data = {"username": username, "password": secrets.token_urlsafe(32)}
+            await self.ctx.kube.create_secret(ns, resources.render_redis_secret(
+                self.job, owner=self.owner, username=username, password=data["password"]))
+        self._redis_password = data["password"]
+        self.redis_secret = name
+        await self._grant_redis_user()
+
+    async def _grant_redis_user(self) -> None:
+        if self.redis_secret is None or self._redis_granted or self._redis_password is None:
+            return
+        ns, job, password = self.job.namespace, self.job.name, self._redis_password
+        try:
+            await self.ctx.in_thread(lambda: grant_job_user(self.coord.r, ns, job, password))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            self.log.warning("redis user not granted yet; retrying", error=str(e))
+            return
+        except redis.RedisError as e:  # no ACLs (Redis < 6) or no right to set them
+            self.redis_secret = None
+            message = f"Redis refused a per-job user ({e}): the job's pods use the operator's Redis connection"
+            kopf.event(self.body, type="Warning", reason="RedisNotIsolated", message=message)  # type: ignore[arg-type]
+            self.log.warning("redis user refused", error=str(e))
+            return
+        self._redis_granted = True
+        self.log.info("redis user granted", user=job_user(ns, job))
 
     async def _ensure_children(self) -> None:
         ns = self.job.namespace
@@ -416,7 +458,7 @@ class JobCoordinator:
         if self.clock() < retry_at:
             return _forget_create(memory, action)  # backing off: the core asks again next step
         manifest = resources.render_pod(self.job, action.id, owner=self.owner, redis_url=self.redis_url,
-                                        generation=action.generation)
+                                        generation=action.generation, redis_secret=self.redis_secret)
         manifest = kueue.with_node_labels(manifest, self.flavor_labels.get(action.id.role.value, {}))
         try:
             created = await self.ctx.kube.create_pod(self.job.namespace, manifest)
@@ -518,7 +560,8 @@ class JobCoordinator:
             workload = await self.ctx.kube.get_workload(self.job.namespace, name)
             if workload is None and not self.memory.phase.finished:
                 pods = {role: resources.render_pod(self.job, ReplicaId(role, 0), owner=self.owner,
-                                                   redis_url=self.redis_url, generation=0) for role in ROLES}
+                                                   redis_url=self.redis_url, generation=0,
+                                                   redis_secret=self.redis_secret) for role in ROLES}
                 await self.ctx.kube.create_workload(self.job.namespace, kueue.render_workload(
                     self.job, self.owner.reference(), pods))
                 self.log.info("workload created", workload=name, queue=queue)
@@ -568,6 +611,7 @@ class JobCoordinator:
 
     async def _refresh(self, now: float) -> None:
         self.next_refresh_at = now + self.ctx.config.tick_s * 0.9
+        await self._grant_redis_user()
         await self._follow_admission()
         spec = self.job.spec
         self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))

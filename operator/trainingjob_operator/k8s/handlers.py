@@ -38,6 +38,7 @@ import kopf
 
 from trainingjob_operator.api.loading import ManifestError
 from trainingjob_operator.api.spec import GROUP, PLURAL, VERSION, TrainingJobSpec, frozen_change
+from trainingjob_operator.coordination import revoke_job_user
 from trainingjob_operator.k8s import resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.coordinator import JobCoordinator, JobKey, OperatorContext
@@ -190,6 +191,7 @@ async def delete_children(body: kopf.Body, name: str, namespace: str | None, mem
         await ctx.kube.delete_object(ns, "pods", resources.pod_name(name, observed.id), owner_uid=uid)
     await ctx.kube.delete_object(ns, "services", resources.service_name(name), owner_uid=uid)
     await ctx.kube.delete_object(ns, "configmaps", resources.config_map_name(name), owner_uid=uid)
+    await ctx.kube.delete_object(ns, "secrets", resources.redis_secret_name(name), owner_uid=uid)
     with contextlib.suppress(ManifestError):
         job, url = resources.admit(body, *ctx.config.job_defaults)
         for claim in resources.render_checkpoint_claims(job, owner=resources.Owner.of(body)):
@@ -198,6 +200,9 @@ async def delete_children(body: kopf.Body, name: str, namespace: str | None, mem
         coord = ctx.coordination(url, ns, name)
         with contextlib.suppress(Exception):
             await ctx.in_thread(coord.clear)
+        if ctx.config.job_redis_users:  # its Secret goes with the job (owned); its Redis user goes here
+            with contextlib.suppress(Exception):
+                await ctx.in_thread(revoke_job_user, coord.r, ns, name)
     ctx.metrics.set_phase(key, None)
     logger.info("children deleted")
 

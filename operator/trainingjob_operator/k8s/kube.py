@@ -15,6 +15,7 @@ Error hierarchy (kopf's errors are chained as ``__cause__``)::
 
 from __future__ import annotations
 
+import base64
 import collections
 import logging
 from typing import Any
@@ -166,6 +167,22 @@ class Kube:
         try:
             await self._call("delete", _job_url(namespace, name), "delete trainingjobs", options)
         except (NotFound, Conflict):
+            return False
+        return True
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded; None when there is no such Secret."""
+        try:
+            found = await self._call("get", _core(namespace, "secrets", name), "get secrets")
+        except NotFound:
+            return None
+        data = found.get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()} | dict(found.get("stringData") or {})
+
+    async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        try:
+            await self._call("post", _core(namespace, "secrets"), "create secrets", manifest)
+        except Conflict:
             return False
         return True
 

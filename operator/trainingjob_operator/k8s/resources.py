@@ -172,9 +172,11 @@ def _env_var(name: str, value: contract.EnvValue) -> dict[str, Any]:
     return {"name": name, "value": value}
 
 
-def _env(job: TrainingJob, rid: ReplicaId, redis_url: str, generation: int) -> list[dict[str, Any]]:
+def _env(job: TrainingJob, rid: ReplicaId, redis_url: str, generation: int,
+         redis_secret: str | None) -> list[dict[str, Any]]:
     placement = contract.pod_placement(config_map_name(job.name), SPEC_KEY)
-    env = contract.replica_env(job, rid, redis_url=redis_url, generation=generation, placement=placement)
+    env = contract.replica_env(job, rid, redis_url=redis_url, generation=generation, placement=placement,
+                               redis_secret=redis_secret)
     return [_env_var(name, value) for name, value in env]
 
 
@@ -314,15 +316,17 @@ def _apply_template(pod: dict[str, Any], template: PodTemplate | None) -> dict[s
     return pod
 
 
-def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str, generation: int) -> dict[str, Any]:
-    """The pod of one replica."""
+def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str, generation: int,
+               redis_secret: str | None = None) -> dict[str, Any]:
+    """The pod of one replica. ``redis_secret``: the job's Redis credentials (``render_redis_secret``); the
+    pod then gets a URL without credentials and the job's own user from that Secret."""
     role = job.spec.replicas.for_role(rid.role)
     name = pod_name(job.name, rid)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": role.image or job.spec.image or default_image(),
         "command": ["python", "-m", "dlrm_trainer"],
-        "env": _env(job, rid, redis_url, generation),
+        "env": _env(job, rid, redis_url, generation, redis_secret),
         "resources": _resources(role.resources),
     }
     container["securityContext"] = _container_security()
@@ -352,6 +356,20 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
     metadata["annotations"] = {ANNOTATION_GENERATION: str(generation)}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
     return _apply_gang(_apply_template(pod, role.template), job)
+
+
+# --- the job's Redis credentials -----------------------------------------------------------------
+
+
+def redis_secret_name(job: str) -> str:
+    return f"{job}-redis"
+
+
+def render_redis_secret(job: TrainingJob, *, owner: Owner, username: str, password: str) -> dict[str, Any]:
+    """The job's own Redis user (an ACL user limited to the job's keys), for its pods' secretKeyRefs."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _metadata(redis_secret_name(job.name), job.namespace, job_labels(job.name), owner),
+            "stringData": {"username": username, "password": password}}
 
 
 # --- network policy -----------------------------------------------------------------------------

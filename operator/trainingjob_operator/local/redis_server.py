@@ -38,8 +38,9 @@ class EmbeddedRedis:
     """``with EmbeddedRedis(dir) as url:`` starts redis-server and stops it on exit."""
 
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password  # requirepass: the default user needs it (the URL carries it)
         self.host = host  # e.g. a test bridge's address, so pods in their own network namespaces reach it
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -47,7 +48,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -57,9 +59,11 @@ class EmbeddedRedis:
                 # Bound to a test bridge, pods in their own network namespaces connect from outside
                 # loopback; Redis 7 refuses them in protected mode. The bridge is the test's own host.
                 "--protected-mode", "yes" if self.host in ("127.0.0.1", "localhost", "::1") else "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5, password=self.password)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
