@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -100,14 +100,78 @@ def revoke_job_user(r: redis.Redis, namespace: str, job: str) -> None:
     r.execute_command("ACL", "DELUSER", job_user(namespace, job))
 
 
+class Fenced(RuntimeError):
+    """This replica was replaced (the coordinator fenced it, or a replacement registered): its writes are refused."""
+
+
+# Fenced writes: the member hash (KEYS[1]) must still name this incarnation (ARGV[1]), atomically with the write.
+_FENCED_HSET = """
+if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+_FENCED_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[3]), -1)
+return 1
+"""
+_FENCED_SET = """
+if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+_FENCE = """
+if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'instance', 'fenced:' .. ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
 class Coordination:
-    """Typed access to one job's coordination keys."""
+    """Typed access to one job's coordination keys.
+
+    A replica's client is fenced: once it registers, its heartbeats, progress and checkpoint pointers are written
+    only while the member hash still names its incarnation (a Lua check, atomic with the write). The coordinator
+    fences a failed incarnation when it records the failure (``fence``), before its pod or process is removed, so
+    a replica declared hung that wakes up cannot overwrite its replacement's cursor or shard pointer: its next
+    write raises ``Fenced`` (or calls ``on_fenced``: the trainer image exits)."""
 
     def __init__(self, url: str, namespace: str, job: str, client: redis.Redis | None = None,
-                 patient: bool = True, username: str | None = None, password: str | None = None) -> None:
+                 patient: bool = True, username: str | None = None, password: str | None = None,
+                 on_fenced: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.prefix = key_prefix(namespace, job)
         self.r = client if client is not None else connect(url, patient, username, password)
+        self.instances: dict[tuple[str, int], str] = {}  # (role, rank) -> incarnation this client registered
+        self.identity: tuple[str, int, str] | None = None  # the last one: the process's own
+        self.on_fenced = on_fenced
+
+    def _fenced(self, what: str) -> None:
+        message = f"{what}: this incarnation was replaced; write refused"
+        if self.on_fenced is not None:
+            self.on_fenced(message)
+        raise Fenced(message)
+
+    def fence(self, role: str, rank: int, instance: str) -> bool:
+        """Refuse every later write of this incarnation (the coordinator, on its failure). False: another
+        incarnation is registered already."""
+        if not instance:
+            return False
+        return bool(self.r.eval(_FENCE, 1, self.key("members", role, rank), instance))
+
+    def holds(self) -> bool:
+        """Whether this replica is still the registered incarnation (checked before a checkpoint commit)."""
+        if self.identity is None:
+            return True
+        role, rank, instance = self.identity
+        if self.r.hget(self.key("members", role, rank), "instance") == instance:
+            return True
+        self._fenced(f"{role}-{rank}")
+        return False
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -119,9 +183,16 @@ class Coordination:
         self.r.hset(self.key("members", role, rank), mapping={
             "endpoint": endpoint, "instance": instance, "generation": gen, "heartbeat": now, "started": now,
         })
+        self.instances[(role, rank)] = instance
+        self.identity = (role, rank, instance)
 
     def heartbeat(self, role: str, rank: int) -> None:
-        self.r.hset(self.key("members", role, rank), "heartbeat", time.time())
+        member = self.key("members", role, rank)
+        instance = self.instances.get((role, rank))
+        if instance is None:
+            self.r.hset(member, "heartbeat", time.time())
+        elif not self.r.eval(_FENCED_HSET, 2, member, member, instance, "heartbeat", time.time()):
+            self._fenced(f"{role}-{rank} heartbeat")
 
     def member(self, role: str, rank: int) -> Member | None:
         raw: dict[str, str] = self.r.hgetall(self.key("members", role, rank))  # type: ignore[assignment]
@@ -154,9 +225,18 @@ class Coordination:
     # --- progress ---------------------------------------------------------------------------
     def report_progress(self, progress: Progress) -> None:
         trace = self.key("trace", progress.rank)
+        fields = {k: json.dumps(v) for k, v in asdict(progress).items()}
+        instance = self.instances.get(("trainer", progress.rank))
+        if instance is not None:  # a trainer's own report: fenced
+            args: list[str | int | float | bytes] = [
+                instance, f"{progress.updated:.3f} {progress.samples}", TRACE_POINTS,
+                *(item for pair in fields.items() for item in pair)]  # type: ignore[misc]
+            if not self.r.eval(_FENCED_PROGRESS, 3, self.key("members", "trainer", progress.rank),
+                               self.key("progress", progress.rank), trace, *args):
+                self._fenced(f"trainer-{progress.rank} progress")
+            return
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.key("progress", progress.rank), mapping={
-            k: json.dumps(v) for k, v in asdict(progress).items()})
+        pipe.hset(self.key("progress", progress.rank), mapping={k: v for k, v in fields.items()})
         # Each trainer's throughput trace (time, samples), bounded: what measures the slowdown a background
         # checkpoint write causes (core.costs), the same way for both backends.
         pipe.rpush(trace, f"{progress.updated:.3f} {progress.samples}")
@@ -215,7 +295,13 @@ class Coordination:
         return str(value) if value else None
 
     def set_checkpoint_pointer(self, shard: int, pointer: dict[str, Any]) -> None:
-        self.r.set(self.key("checkpoint", shard), json.dumps(pointer))
+        if self.identity is None:
+            self.r.set(self.key("checkpoint", shard), json.dumps(pointer))
+            return
+        role, rank, instance = self.identity
+        if not self.r.eval(_FENCED_SET, 2, self.key("members", role, rank), self.key("checkpoint", shard), instance,
+                           json.dumps(pointer)):
+            self._fenced(f"{role}-{rank} checkpoint pointer")
 
     def checkpoint_pointer(self, shard: int) -> dict[str, Any] | None:
         raw = self.r.get(self.key("checkpoint", shard))

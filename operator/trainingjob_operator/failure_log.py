@@ -21,6 +21,9 @@ from trainingjob_operator.reconcile import RecordFailure
 def write_failure(coord: Coordination, spec: TrainingJobSpec, action: RecordFailure,
                   replica: str) -> tuple[FailureRecord, RollbackPoint | None]:
     """Log ``action`` in the job's failure stream; return the record and, in full mode, where trainers resume."""
+    # Fenced first: a replica declared hung that wakes up must not write over its replacement.
+    failed = action.failure
+    coord.fence(failed.id.role.value, failed.id.rank, failed.instance)
     coord.set_generation(action.generation)
     record = failure_record(action, samples=coord.total_samples(spec.replicas.trainer.replicas), replica=replica)
     coord.log_failure(**record.to_stream())

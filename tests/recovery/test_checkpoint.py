@@ -706,6 +706,9 @@ def test_pointer_is_published_after_the_manifest_with_costs(tmp_path: Path, shar
         def interval(self) -> float | None:
             return coord.interval()
 
+        def holds(self) -> bool:
+            return True
+
     info = save(CheckpointWriter(tmp_path, 2, Spy()), shard, "full", 42)
     assert seen == [True] and info.pointer_published
     pointer = coord.checkpoint_pointer(2)

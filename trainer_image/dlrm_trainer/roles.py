@@ -155,6 +155,9 @@ class _LoggingCoordination:
     def interval(self) -> float | None:
         return self.coord.interval()
 
+    def holds(self) -> bool:
+        return self.coord.holds()
+
     def set_checkpoint_pointer(self, shard: int, pointer: dict) -> None:  # type: ignore[type-arg]
         self.coord.set_checkpoint_pointer(shard, pointer)
         self.coord.set_checkpoint_error(shard, None)

@@ -10,6 +10,7 @@ carries no credentials). The operator and the local supervisor render it with th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -23,6 +24,8 @@ from trainingjob_operator.api.spec import Role, TrainingJobSpec, spec_from_json
 from trainingjob_operator.coordination import Coordination
 
 EXIT_CONFIG = 78
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -104,9 +107,19 @@ def replica_env(env: dict[str, str] | None = None) -> ReplicaEnv:
     )
 
 
+EXIT_FENCED = 75  # EX_TEMPFAIL: this incarnation was replaced while it was away (hung, partitioned)
+
+
+def exit_fenced(message: str) -> None:
+    """A replaced incarnation stops at once: whatever it would write next belongs to its replacement now."""
+    log.error("fenced, exiting: %s", message)
+    logging.shutdown()
+    os._exit(EXIT_FENCED)
+
+
 def coordination(renv: ReplicaEnv) -> Coordination:
     return Coordination(renv.redis_url, renv.namespace, renv.job, username=renv.redis_username,
-                        password=renv.redis_password)
+                        password=renv.redis_password, on_fenced=exit_fenced)
 
 
 class Heartbeat(threading.Thread):

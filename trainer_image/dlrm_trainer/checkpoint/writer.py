@@ -27,6 +27,7 @@ from dlrm_trainer.checkpoint.format import (
 from dlrm_trainer.checkpoint.selection import choose_kind, select_rows
 from dlrm_trainer.checkpoint.snapshot import SnapshotData, snapshot
 from dlrm_trainer.checkpoint.store import CheckpointStore, open_store
+from trainingjob_operator.coordination import Fenced
 
 if TYPE_CHECKING:
     from trainingjob_operator.api.spec import CheckpointSpec
@@ -71,6 +72,9 @@ class CheckpointWriter:
             raise ValueError(f"checkpoint kind {kind!r}: expected full, mfu or ssu")
         if kind != "full" and self._base_seq is None:
             raise ValueError(f"shard {self.shard}: a {kind} checkpoint needs a full one first")
+        if self.coord is not None and not self.coord.holds():
+            # Replaced while away (hung): the shard is its replacement's; a save would put a stale shard on storage.
+            raise Fenced(f"shard {self.shard}: this incarnation was replaced; not saving")
         seq, self._seq = self._seq, self._seq + 1
         base = seq if kind == "full" else self._base_seq
         header = {"shard": self.shard, "base": base, "parent": None if kind == "full" else self._last_seq,
