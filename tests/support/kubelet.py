@@ -1319,6 +1319,14 @@ class FaithfulKubelet:
             lines.append(f'mount --bind {_q(m.source)} "$R"{_q(target)}')
             if m.read_only:
                 lines.append(f'mount -o remount,bind,ro "$R"{_q(target)}')
+        # The project's sources stand in for what a real image has at a path of its own; where this checkout lives
+        # under a mountPath (a clone in /tmp, and the pod mounts an emptyDir at /tmp) bind it again on top, as an
+        # image's own files would not be under that volume.
+        targets = ["/" + m.target.strip("/") for m in pod.mounts.get(c.name, [])]
+        for b in self._binds:
+            if any(b == t or b.startswith(t.rstrip("/") + "/") for t in targets):
+                lines += [f'mkdir -p "$R"{_q(b)}', f'mount --rbind {_q(b)} "$R"{_q(b)}',
+                          f'mount -o remount,bind,ro "$R"{_q(b)}']
         workdir = str(c.spec.get("workingDir") or self.image_workdir or "/")
         lines.append(f'mkdir -p "$R"{_q(workdir)}')
         if read_only_root:
