@@ -18,11 +18,13 @@ subclass adds the few API-server behaviours the operator's tests depend on, and 
 
 - a force delete (``gracePeriodSeconds: 0``) removes a held pod at once, as a real API server does;
 - admission: ``pod_admission`` refuses pod creates with a 403 or 422 ``Status`` (quota, Pod Security admission,
-  a webhook), and a failed JSON-patch ``test`` is a 422 as on a real server (kopf relies on it).
+  a webhook), and a failed JSON-patch ``test`` is a 422 as on a real server (kopf relies on it);
+- the status subresource kept apart: a write to an object ignores its ``status``, a write to ``/status``
+  changes only the status (pods, TrainingJobs, Workloads, PodGroups);
+- garbage collection: deleting an object deletes the objects whose ownerReferences name its uid.
 
-Still missing compared to a real API server: garbage collection of owned objects, strategic
-merge patches (everything is a JSON merge patch), resourceVersion conflicts, schema
-validation, status-subresource separation, label selectors on lists and watches.
+Still missing compared to a real API server: strategic merge patches (everything is a JSON merge
+patch), resourceVersion conflicts, schema validation, label selectors on lists and watches.
 
 kmock is a development dependency: this module lives in tests/ and is never shipped.
 """
@@ -156,10 +158,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             refused = self.pod_admission(request.data)
             if refused is not None:
                 return _status_response(*refused)
+        if action == kmock.action.UPDATE and isinstance(request.data, dict) and self._has_status(resource):
+            self._separate_status(request)
         if action == kmock.action.CREATE and isinstance(request.data, dict):
             self._fill_created(request)
         elif action == kmock.action.UPDATE and isinstance(request.data, dict):
             request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+        owner_uid = self._uid_of(request) if action == kmock.action.DELETE else None
         try:
             response = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as e:
@@ -167,6 +172,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             # a 422 on a real API server; kopf then re-reads the object and tries again. kmock would answer 500,
             # which kopf retries unchanged, nine times, with the same stale resourceVersion.
             return _status_response(422, f"the JSON patch test failed: {e}")
+        if owner_uid is not None and response.status < 300:
+            self._spawn(self._collect_garbage(request.resource, request.namespace, request.name, owner_uid))
         if is_pod and response.status < 300:
             if action == kmock.action.CREATE and self.pod_startup_s is not None:
                 meta = request.data["metadata"]
@@ -178,6 +185,56 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             elif action == kmock.action.DELETE and self.pod_termination_s is not None and request.name:
                 self._spawn(self._finish_termination(request.namespace or "", request.name))
         return response
+
+    def _uid_of(self, request: kmock.Request) -> str | None:
+        key = (request.resource, request.namespace, request.name)
+        if not request.name or key not in self.objects or self.objects[key].deleted:
+            return None
+        return (self.objects[key].raw.get("metadata") or {}).get("uid")
+
+    async def _collect_garbage(self, resource: Any, namespace: str | None, name: str | None, uid: str) -> None:
+        """Background deletion: once the owner is gone (its finalizers released), delete every object whose
+        ownerReferences name its uid, through the API (watchers see them go), as the garbage collector does."""
+        key = (resource, namespace, name)
+        for _ in range(3000):  # up to 5 minutes of finalizers
+            obj = self.objects[key] if key in self.objects else None  # noqa: SIM401 (no .get: kmock's ObjectsArray)
+            if obj is None or obj.deleted or (obj.raw.get("metadata") or {}).get("uid") != uid:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            return
+        for (res, ns, dependent), obj in list(self.objects.items()):
+            if obj.deleted:
+                continue
+            refs = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+            if not any(r.get("uid") == uid for r in refs):
+                continue
+            group = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+            path = f"{group}/namespaces/{ns}/{res.plural}/{dependent}" if ns else f"{group}/{res.plural}/{dependent}"
+            async with self.delete(path) as response:
+                await response.read()
+
+    def _has_status(self, resource: Any) -> bool:
+        if resource is None or not resource.plural:
+            return False
+        key = "/".join(p for p in (resource.group, resource.version, resource.plural) if p)
+        return "status" in RESOURCES.get(key, {}).get("subresources", ())
+
+    @staticmethod
+    def _separate_status(request: kmock.Request) -> None:
+        """The status subresource, as an API server keeps it: a write to the object ignores its status, a write
+        to ``/status`` changes nothing but the status."""
+        data = request.data
+        if request.subresource == "status":
+            for key in list(data):
+                if key != "status" and not (key == "metadata" and isinstance(data[key], dict)):
+                    del data[key]
+            if isinstance(data.get("metadata"), dict):  # only what optimistic concurrency needs
+                data["metadata"] = {k: v for k, v in data["metadata"].items() if k == "resourceVersion"}
+                if not data["metadata"]:
+                    del data["metadata"]
+        elif request.subresource is None:
+            data.pop("status", None)
 
     def _record(self, request: kmock.Request) -> None:
         resource = request.resource
