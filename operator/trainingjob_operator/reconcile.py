@@ -396,13 +396,20 @@ def _fatal(failure: FailureEvent, memory: JobMemory, spec: TrainingJobSpec, now:
 
 
 def _stop_everything(
-    observed: Mapping[ReplicaId, ObservedReplica], reason: str
+    observed: Mapping[ReplicaId, ObservedReplica], reason: str, clean_finished: bool = False
 ) -> list[Action]:
+    """Stop what still runs; with ``clean_finished`` (a finished job under ``cleanPodPolicy: All``) delete the
+    finished replicas too."""
+    stop = (ReplicaPhase.PENDING, ReplicaPhase.RUNNING)
     return [
         DeleteReplica(rid, reason, recreate=False)
         for rid, obs in sorted(observed.items())
-        if obs.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not obs.deleting
+        if (clean_finished or obs.phase in stop) and not obs.deleting
     ]
+
+
+def _clean_all(spec: TrainingJobSpec) -> bool:
+    return spec.run_policy.clean_pod_policy == "All"
 
 
 def _replica_status(
@@ -437,7 +444,8 @@ def reconcile(
     mem = memory if memory.start_time is not None else dataclasses.replace(memory, start_time=now)
     if mem.phase.finished:
         # Nothing is restarted after the end; only leftovers are cleaned up.
-        return Decision(_stop_everything(observed, f"Job{mem.phase.value}"), mem, _replica_status(spec, observed, mem))
+        return Decision(_stop_everything(observed, f"Job{mem.phase.value}", _clean_all(spec)), mem,
+                        _replica_status(spec, observed, mem))
     mem = _note_succeeded_trainers(spec, observed, mem)
     if (done := _succeeded(spec, observed, mem, now)) is not None:
         return done
@@ -497,7 +505,8 @@ def _succeeded(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedRepli
     conditions = set_condition(conditions, ConditionType.RUNNING, False, "Completed", "", now)
     mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
                               replacing=frozenset())
-    return Decision(_stop_everything(observed, "TrainersCompleted"), mem, _replica_status(spec, observed, mem))
+    return Decision(_stop_everything(observed, "TrainersCompleted", _clean_all(spec)), mem,
+                    _replica_status(spec, observed, mem))
 
 
 def _suspended(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory, why: str,
@@ -550,7 +559,8 @@ def _failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica]
     mem = dataclasses.replace(mem, phase=Phase.FAILED, conditions=conditions, completion_time=now,
                               replacing=frozenset())
     actions: list[Action] = [record] if record is not None else []
-    return Decision([*actions, *_stop_everything(observed, reason)], mem, _replica_status(spec, observed, mem))
+    return Decision([*actions, *_stop_everything(observed, reason, _clean_all(spec))], mem,
+                    _replica_status(spec, observed, mem))
 
 
 def _replace_failed(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,

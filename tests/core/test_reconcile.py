@@ -532,3 +532,16 @@ def test_a_shells_hold_suspends_like_the_spec_and_the_deadline_restarts_on_resum
     resumed = reconcile(spec, {}, held.memory, NOW + 50)
     assert resumed.phase is not Phase.FAILED  # 140 s since the start, but only 0 since the resume
     assert reconcile(spec, cluster(), resumed.memory, NOW + 151).phase is Phase.FAILED
+
+
+def test_clean_pod_policy_all_deletes_the_finished_replicas_too() -> None:
+    done = {rid: replica(rid, ReplicaPhase.SUCCEEDED if rid.role is Role.TRAINER else ReplicaPhase.RUNNING)
+            for rid in ALL}
+    kept = reconcile(make_spec(), done, running_memory(), NOW)
+    assert kept.phase is Phase.SUCCEEDED
+    assert sorted(a.id.name for a in kept.actions) == ["embedding-server-0", "embedding-server-1", "sync-server-0"]
+    cleaned = reconcile(with_run_policy(cleanPodPolicy="All"), done, running_memory(), NOW)
+    assert sorted(a.id.name for a in cleaned.actions) == sorted(r.name for r in ALL)
+    # And on every later pass, until they are gone.
+    later = reconcile(with_run_policy(cleanPodPolicy="All"), {T0: done[T0]}, cleaned.memory, NOW + 5)
+    assert [a.id.name for a in later.actions] == ["trainer-0"]

@@ -543,6 +543,9 @@ class RunPolicySpec(ApiModel):
     gang: GangSpec | None = Field(
         default=None, description="Kubernetes: place every replica at once (Volcano or scheduler-plugins "
         "coscheduling); a replacement joins the running gang.")
+    clean_pod_policy: Literal["Running", "All"] = Field(
+        default="Running", description="When the job finishes: Running stops what still runs and keeps finished "
+        "pods (their logs); All deletes those too.")
     ttl_seconds_after_finished: float | None = Field(
         default=None, ge=0.0, description="Kubernetes: delete the TrainingJob (and its children) this long after "
         "it Succeeded or Failed. Unset: keep it.")
