@@ -101,6 +101,20 @@ def plan(
     Console(width=None if sys.stdout.isatty() else 160).print(render_plan(plan_table(job, measured)))
 
 
+@app.command("uninstall-jobs")
+def uninstall_jobs(
+    namespace: Annotated[list[str] | None, typer.Option(help="Only these namespaces (repeat); default: all")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the operator to release them")] = 300.0,
+) -> None:
+    """Delete every TrainingJob and wait until the operator has released them (the chart's pre-delete hook):
+    uninstalling the operator first would leave them, and their namespaces, waiting on its finalizer."""
+    from trainingjob_operator.k8s.uninstall import delete_all_jobs
+
+    left = delete_all_jobs(namespace or None, timeout, lambda line: err.print(line, highlight=False, soft_wrap=True))
+    if left:
+        raise typer.Exit(1)
+
+
 @app.command()
 def status(
     manifest: Annotated[Path, typer.Argument(help="TrainingJob YAML")],

@@ -743,3 +743,28 @@ def test_only_the_operator_and_training_pods_reach_the_bundled_redis(chart: helm
     # No bundled Redis, or switched off: no policy.
     assert find(render(chart, {"redis": {"external": {"url": "redis://redis.infra:6379/0"}}}), "NetworkPolicy") == []
     assert find(render(chart, {"redis": {"networkPolicy": {"enabled": False}}}), "NetworkPolicy") == []
+
+
+# --- uninstall: no TrainingJob left trapped --------------------------------------------------------
+
+
+def test_uninstall_runs_a_pre_delete_hook_that_deletes_every_job_with_the_operators_rights(
+    chart: helm_python.Chart,
+) -> None:
+    docs = render(chart, {})
+    hook = one(docs, "Job", f"{FULLNAME}-uninstall-jobs")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod = hook["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["trainingjob", "uninstall-jobs", "--timeout", "300"]
+    assert container["image"] == operator_container(docs)["image"]
+    assert pod["serviceAccountName"] == one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"][
+        "serviceAccountName"]
+    # Its service account may list and delete TrainingJobs wherever the operator serves them.
+    role = one(docs, "ClusterRole", FULLNAME)
+    assert {("training.cpr.dev", "trainingjobs", v, "*") for v in ("list", "delete")} <= permissions(role["rules"])
+    namespaced = render(chart, {"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    command = one(namespaced, "Job", f"{FULLNAME}-uninstall-jobs")["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[-4:] == ["--namespace", "team-a", "--namespace", "team-b"]
+    assert find(render(chart, {"operator": {"uninstall": {"deleteJobs": False}}}), "Job") == []
