@@ -102,7 +102,9 @@ def test_replayed_failures_happen_when_the_log_says() -> None:
 
 
 def test_the_restart_budget_of_the_core_fails_the_job() -> None:
-    log = tuple(LoggedFailure("embedding-server", 0, 1000.0 + 20 * i) for i in range(6))
+    # Six failures of one replica within the 600 s window, each after its replacement is up again: o_res (60 s)
+    # plus the core's backoff for a replica that keeps failing (0, 0, 10, 20, 40 s) stays under 110 s.
+    log = tuple(LoggedFailure("embedding-server", 0, 1000.0 + 110 * i) for i in range(6))
     config = build_config(small_spec(), "partial", costs=COSTS, failures=FailureSpec(log=log), days=1,
                           prior_hours=24.0)
     r = simulate(config)

@@ -71,7 +71,7 @@ _EPS = 1e-9
 FAILURE_REASON = "NodeFailure"
 
 # Event kinds; at equal times they run in this order (then in the order they were scheduled).
-_FAIL, _LOGFAIL, _READY, _SAVE, _ROUND = range(5)
+_FAIL, _LOGFAIL, _READY, _SAVE, _ROUND, _WAKE = range(6)
 
 
 @dataclasses.dataclass
@@ -175,6 +175,7 @@ class Simulation:
 
         self.lifetimes = NodeLifetimes(config.failures, config.seed)
         self.heap: list[tuple[float, int, int, Any, Any]] = []
+        self.wakes: set[float] = set()  # times a core pass is already scheduled for a held-back replacement
         self.seq = 0
 
         # replicas
@@ -344,6 +345,12 @@ class Simulation:
             self.reconcile_s += time.process_time() - started
             self.reconcile_calls += 1
             self.memory = decision.memory
+            # A replacement the core holds back (backoff for a replica that keeps failing) is created by a later
+            # pass: wake the core then, as a shell's tick would.
+            for not_before in decision.memory.not_before.values():
+                if not_before > t and not_before not in self.wakes:
+                    self.wakes.add(not_before)
+                    self._push(not_before, _WAKE)
             if decision.memory.phase is Phase.FAILED and not self.finished:
                 self._apply(decision.actions, t)
                 self.status = "Failed"
@@ -669,6 +676,9 @@ class Simulation:
                         self._on_ready(slot, t)
                 if sum(self.up.values()) == self.n_all and self.memory.phase is not Phase.RUNNING:
                     self._reconcile(t)
+            elif kind == _WAKE:
+                self.wakes.discard(t)
+                self._reconcile(t)
             elif kind == _SAVE:
                 self._on_save_due(t, a, b)
             elif kind == _ROUND:
