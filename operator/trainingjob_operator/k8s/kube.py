@@ -112,29 +112,24 @@ class Kube:
             return False  # gone, or already replaced by a pod with another UID
         return True
 
-    # --- the job's Service and ConfigMap ----------------------------------------------------------
-    async def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+    async def _create(self, url: str, what: str, manifest: dict[str, Any]) -> bool:
+        """POST one object; False when one of that name exists already (409): creates are idempotent."""
         try:
-            await self._call("post", _core(namespace, "services"), "create services", manifest)
+            await self._call("post", url, what, manifest)
         except Conflict:
             return False
         return True
+
+    # --- the job's Service and ConfigMap ----------------------------------------------------------
+    async def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        return await self._create(_core(namespace, "services"), "create services", manifest)
 
     async def create_claim(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create a PersistentVolumeClaim; False when it exists already (a replacement reuses it)."""
-        try:
-            await self._call("post", _core(namespace, "persistentvolumeclaims"), "create persistentvolumeclaims",
-                             manifest)
-        except Conflict:
-            return False
-        return True
+        return await self._create(_core(namespace, "persistentvolumeclaims"), "create persistentvolumeclaims", manifest)
 
     async def create_config_map(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        try:
-            await self._call("post", _core(namespace, "configmaps"), "create configmaps", manifest)
-        except Conflict:
-            return False
-        return True
+        return await self._create(_core(namespace, "configmaps"), "create configmaps", manifest)
 
     async def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         await self._call("patch", _core(namespace, "configmaps", name), "patch configmaps", {"data": data}, _MERGE)
@@ -180,29 +175,17 @@ class Kube:
         return {k: base64.b64decode(v).decode() for k, v in data.items()} | dict(found.get("stringData") or {})
 
     async def create_secret(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        try:
-            await self._call("post", _core(namespace, "secrets"), "create secrets", manifest)
-        except Conflict:
-            return False
-        return True
+        return await self._create(_core(namespace, "secrets"), "create secrets", manifest)
 
     async def create_network_policy(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        try:
-            await self._call("post", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
-                             "create networkpolicies", manifest)
-        except Conflict:
-            return False
-        return True
+        return await self._create(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+                                  "create networkpolicies", manifest)
 
     async def create_pod_group(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create a Volcano or scheduler-plugins PodGroup; False when it exists already."""
         group, version = manifest["apiVersion"].split("/")
-        try:
-            await self._call("post", f"/apis/{group}/{version}/namespaces/{namespace}/podgroups",
-                             "create podgroups", manifest)
-        except Conflict:
-            return False
-        return True
+        return await self._create(f"/apis/{group}/{version}/namespaces/{namespace}/podgroups", "create podgroups",
+                                  manifest)
 
     # --- Kueue -------------------------------------------------------------------------------------
     async def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -213,11 +196,7 @@ class Kube:
         return found
 
     async def create_workload(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        try:
-            await self._call("post", _kueue(namespace, "workloads"), "create workloads", manifest)
-        except Conflict:
-            return False
-        return True
+        return await self._create(_kueue(namespace, "workloads"), "create workloads", manifest)
 
     async def patch_workload_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self._call("patch", _kueue(namespace, "workloads", name, "status"), "patch workloads/status",
