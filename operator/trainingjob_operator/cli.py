@@ -54,22 +54,26 @@ def run(
     write_summary(result, path)
     auc = result.get("auc")
     teacher = result.get("teacher_auc")
-    err.print(
-        f"{job.name}: [bold]{result['status']}[/] in {result['wall_seconds']:.1f}s, {result['samples']:,} samples, "
-        f"AUC {auc if auc is None else f'{auc:.4f}'}"
-        + (f" (teacher {teacher:.4f})" if teacher is not None else "")
-        + f", {len(result['failures'])} failures; summary: {path}", highlight=False, soft_wrap=True)
+    if job.spec.workload.value == "pytorch":
+        err.print(f"{job.name}: [bold]{result['status']}[/] in {result['wall_seconds']:.1f}s, step {result['step']}, "
+                  f"loss {result['loss']}, {len(result['failures'])} failures, {result['restarts_in_place']} in-place "
+                  f"restarts; result {json.dumps(result['result'])}; summary: {path}", highlight=False, soft_wrap=True)
+    else:
+        err.print(
+            f"{job.name}: [bold]{result['status']}[/] in {result['wall_seconds']:.1f}s, {result['samples']:,} samples, "
+            f"AUC {auc if auc is None else f'{auc:.4f}'}"
+            + (f" (teacher {teacher:.4f})" if teacher is not None else "")
+            + f", {len(result['failures'])} failures; summary: {path}", highlight=False, soft_wrap=True)
     if result["status"] == "Interrupted":
         raise typer.Exit(130)
     raise typer.Exit(0 if result["status"] == "Succeeded" else 1)
 
 
 def _injections(job: TrainingJob, text: str) -> list[Injection]:
-    from trainingjob_operator.api.spec import ROLES
     from trainingjob_operator.local.injection import InjectionSpecError, parse_injection_spec, plan_injections
 
     try:
-        replicas = {role.value: job.spec.replicas.count(role) for role in ROLES}
+        replicas = {role.value: job.spec.replicas.count(role) for role in job.spec.roles()}
         return plan_injections(parse_injection_spec(text), replicas, horizon_s=7 * 24 * 3600.0)
     except InjectionSpecError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)

@@ -71,6 +71,20 @@ class Progress:
         object.__setattr__(self, "waiting_for", tuple(self.waiting_for))  # a JSON list from Redis
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """A pytorch workload's progress, as its rank 0 reports it (``trainingjob_torch.report``)."""
+
+    step: int
+    loss: float | None
+    tokens: int  # tokens (or samples) trained so far, all ranks together, counting only new steps
+    tokens_per_second: float | None
+    updated: float
+    generation: int = 0
+    resumed_from: int | None = None  # the checkpoint step this generation loaded (None: started fresh)
+    total_steps: int | None = None  # what the script plans, when it says
+
+
 def waiting_for(progress: Iterable[Progress]) -> list[str]:
     """The servers any unfinished trainer is blocked on ("embedding-server-1" while it is replaced)."""
     return sorted({name for p in progress if not p.done for name in p.waiting_for})
@@ -268,6 +282,52 @@ class Coordination:
     def result(self, rank: int) -> dict[str, Any] | None:
         raw = self.r.get(self.key("result", rank))
         return json.loads(raw) if raw else None
+
+    # --- a pytorch workload: rendezvous and progress ------------------------------------------
+    def join_world(self, generation: int, rank: int, address: str, instance: str) -> None:
+        """Worker ``rank`` (its agent) is ready for ``generation``; rank 0's address is the generation's store."""
+        key = self.key("world", generation)
+        self.r.hset(key, str(rank), json.dumps({"address": address, "instance": instance, "time": time.time()}))
+        self.r.expire(key, 7 * 86_400)
+
+    def claim_fault(self, generation: int, rank: int) -> bool:
+        """The first worker to see one of its processes fail in ``generation`` claims the fault: the others'
+        failures are collateral (their processes lost a peer). True when the claim is (or already was) ours."""
+        key = self.key("world_fault", generation)
+        self.r.set(key, str(rank), nx=True, ex=7 * 86_400)
+        return self.r.get(key) == str(rank)
+
+    def world(self, generation: int) -> dict[int, dict[str, Any]]:
+        raw: dict[str, str] = self.r.hgetall(self.key("world", generation))  # type: ignore[assignment]
+        return {int(rank): json.loads(v) for rank, v in raw.items()}
+
+    def report_steps(self, progress: StepProgress) -> None:
+        fields = json.dumps(asdict(progress))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self.key("steps"), fields)
+        pipe.rpush(self.key("steps_trace"), f"{progress.updated:.3f} {progress.step} {progress.tokens}")
+        pipe.ltrim(self.key("steps_trace"), -TRACE_POINTS, -1)
+        pipe.execute()
+
+    def step_progress(self) -> StepProgress | None:
+        raw = self.r.get(self.key("steps"))
+        return StepProgress(**json.loads(raw)) if raw else None
+
+    def steps_trace(self) -> list[tuple[float, int, int]]:
+        """(time, step, tokens) as rank 0 reported them, oldest first."""
+        out = []
+        for raw in self.r.lrange(self.key("steps_trace"), 0, -1):  # type: ignore[union-attr]
+            t, step, tokens = str(raw).split()
+            out.append((float(t), int(step), int(tokens)))
+        return out
+
+    def record_resume(self, generation: int, **fields: Any) -> None:
+        """When a generation's processes trained again, from which checkpoint step (restart timings)."""
+        self.r.hsetnx(self.key("resumes"), str(generation), json.dumps({"generation": generation, **fields}))
+
+    def resumes(self) -> list[dict[str, Any]]:
+        raw: dict[str, str] = self.r.hgetall(self.key("resumes"))  # type: ignore[assignment]
+        return sorted((json.loads(v) for v in raw.values()), key=lambda r: int(r["generation"]))
 
     # --- measured costs, interval, checkpoints (CPR) ---------------------------------------
     def record_cost(self, name: str, seconds: float) -> None:

@@ -5,7 +5,7 @@ the trainers resume."""
 
 from __future__ import annotations
 
-from trainingjob_operator.api.spec import RecoveryMode, TrainingJobSpec
+from trainingjob_operator.api.spec import RecoveryMode, TrainingJobSpec, Workload
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.core.recovery import (
     FailureRecord,
@@ -25,6 +25,13 @@ def write_failure(coord: Coordination, spec: TrainingJobSpec, action: RecordFail
     failed = action.failure
     coord.fence(failed.id.role.value, failed.id.rank, failed.instance)
     coord.set_generation(action.generation)
+    if spec.workload is Workload.PYTORCH:
+        # Every worker's processes restart from the newest complete checkpoint (their agents follow the
+        # generation); what they had trained since is recomputed. Tokens stand in for samples.
+        steps = coord.step_progress()
+        record = failure_record(action, samples=steps.tokens if steps is not None else 0, replica=replica)
+        coord.log_failure(**record.to_stream())
+        return record, None
     record = failure_record(action, samples=coord.total_samples(spec.replicas.trainer.replicas), replica=replica)
     coord.log_failure(**record.to_stream())
     if action.mode != RecoveryMode.FULL:

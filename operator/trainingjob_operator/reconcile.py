@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from trainingjob_operator.api.spec import DISRUPTION_REASONS, ROLES, FailureAction, Role, TrainingJobSpec
+from trainingjob_operator.api.spec import DISRUPTION_REASONS, FailureAction, Role, TrainingJobSpec
 from trainingjob_operator.api.status import Condition, Phase, RoleReplicaStatus
 
 EXIT_PERMANENT = 78  # EX_CONFIG from sysexits.h: retrying cannot help
@@ -84,13 +84,15 @@ class ReplicaId:
 
 
 def desired_replicas(spec: TrainingJobSpec) -> list[ReplicaId]:
-    """Every replica the spec asks for, servers first (trainers need them to start)."""
-    return list(_desired(tuple(spec.replicas.count(role) for role in ROLES)))
+    """Every replica the spec asks for, servers first (trainers need them to start); a pytorch workload's
+    workers."""
+    roles = spec.roles()
+    return list(_desired(roles, tuple(spec.replicas.count(role) for role in roles)))
 
 
 @functools.lru_cache(maxsize=64)
-def _desired(counts: tuple[int, ...]) -> tuple[ReplicaId, ...]:
-    return tuple(ReplicaId(role, rank) for role, count in zip(ROLES, counts, strict=True) for rank in range(count))
+def _desired(roles: tuple[Role, ...], counts: tuple[int, ...]) -> tuple[ReplicaId, ...]:
+    return tuple(ReplicaId(role, rank) for role, count in zip(roles, counts, strict=True) for rank in range(count))
 
 
 class ReplicaPhase(enum.StrEnum):
@@ -252,7 +254,7 @@ def _failure_of(
     if obs.phase is ReplicaPhase.FAILED:
         reason = obs.reason or (f"ExitCode{obs.exit_code}" if obs.exit_code is not None else FailureReason.FAILED)
         return FailureEvent(rid, reason, now, obs.exit_code, obs.instance)
-    if obs.phase is ReplicaPhase.SUCCEEDED and rid.role is not Role.TRAINER:
+    if obs.phase is ReplicaPhase.SUCCEEDED and rid.role is not spec.completing_role():
         return FailureEvent(rid, FailureReason.SERVER_EXITED, now, obs.exit_code, obs.instance)
     if obs.phase is ReplicaPhase.RUNNING:
         if obs.heartbeat_at is not None:
@@ -416,7 +418,7 @@ def _replica_status(
     spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], memory: JobMemory
 ) -> dict[str, RoleReplicaStatus]:
     out = {}
-    for role in ROLES:
+    for role in spec.roles():
         ids = [ReplicaId(role, r) for r in range(spec.replicas.count(role))]
         ready = sum(1 for rid in ids if (o := observed.get(rid)) is not None and o.phase is ReplicaPhase.RUNNING)
         out[role.value] = RoleReplicaStatus(
@@ -486,26 +488,30 @@ class _Plan:
 
 def _note_succeeded_trainers(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica],
                              mem: JobMemory) -> JobMemory:
+    finishing = spec.completing_role()
     succeeded = set(mem.succeeded) | {
         rid.name for rid in desired_replicas(spec)
-        if rid.role is Role.TRAINER and (o := observed.get(rid)) is not None and o.phase is ReplicaPhase.SUCCEEDED
+        if rid.role is finishing and (o := observed.get(rid)) is not None and o.phase is ReplicaPhase.SUCCEEDED
     }
     return dataclasses.replace(mem, succeeded=frozenset(succeeded))
 
 
 def _succeeded(spec: TrainingJobSpec, observed: Mapping[ReplicaId, ObservedReplica], mem: JobMemory,
                now: float) -> Decision | None:
-    """Every trainer finished: the job Succeeded and the servers are stopped."""
-    trainers = [rid for rid in desired_replicas(spec) if rid.role is Role.TRAINER]
+    """Every trainer (a pytorch workload's every worker) finished: the job Succeeded and the servers are
+    stopped."""
+    finishing = spec.completing_role()
+    trainers = [rid for rid in desired_replicas(spec) if rid.role is finishing]
     if not all(rid.name in mem.succeeded for rid in trainers):
         return None
-    conditions = set_condition(mem.conditions, ConditionType.SUCCEEDED, True, "TrainersCompleted",
-                               f"all {len(trainers)} trainers finished", now)
+    reason = "WorkersCompleted" if finishing is Role.WORKER else "TrainersCompleted"
+    conditions = set_condition(mem.conditions, ConditionType.SUCCEEDED, True, reason,
+                               f"all {len(trainers)} {finishing.value}s finished", now)
     conditions = set_condition(conditions, ConditionType.RECOVERING, False, "Completed", "", now)
     conditions = set_condition(conditions, ConditionType.RUNNING, False, "Completed", "", now)
     mem = dataclasses.replace(mem, phase=Phase.SUCCEEDED, conditions=conditions, completion_time=now,
                               replacing=frozenset())
-    return Decision(_stop_everything(observed, "TrainersCompleted", _clean_all(spec)), mem,
+    return Decision(_stop_everything(observed, reason, _clean_all(spec)), mem,
                     _replica_status(spec, observed, mem))
 
 

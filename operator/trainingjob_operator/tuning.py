@@ -769,3 +769,54 @@ def _fmt_s(seconds: float) -> str:
 
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:.3g}%"
+
+
+# -- a pytorch workload (spec.workload: pytorch) -----------------------------------------------------------
+
+
+def plan_pytorch(
+    *,
+    workers: int,
+    mtbf_prior_hours_per_worker: float,
+    failures: Sequence[FailureObservation],
+    observed_seconds: float,
+    o_save_s: float | None,
+    o_load_s: float | None,
+    min_interval_s: float,
+    max_interval_s: float,
+    initial_interval_s: float,
+    fixed_interval_s: float | None = None,
+    prior_weight_failures: float = DEFAULT_PRIOR_WEIGHT_FAILURES,
+) -> IntervalDecision:
+    """The checkpoint interval of a dense data-parallel job, where every failure rolls every rank back to the
+    newest checkpoint (only full recovery is consistent): Daly's higher-order optimum on the job's time between
+    failures ``T_fail_job = MTBF_worker / workers`` (the posterior from the prior and the failure log, as for
+    DLRM) and ``o_save``, the training time one save costs (the loop stands still while it runs). Young's
+    ``sqrt(2*o_save*T_fail_job)`` is its first-order term; Daly's corrections matter when ``o_save`` is not
+    small against ``T_fail_job``. Clamped to the spec's bounds and raised to the save floor."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    worker_failures = [f for f in failures if f.role == Role.WORKER.value]
+    mtbf = estimate_mtbf(mtbf_prior_hours_per_worker, prior_weight_failures, worker_failures, observed_seconds,
+                         workers)
+    t_fail_job = mtbf / workers
+    if fixed_interval_s is not None:
+        raw, why = fixed_interval_s, f"fixed interval {_fmt_s(fixed_interval_s)} (spec)"
+    elif o_save_s is None:
+        raw, why = initial_interval_s, f"o_save not measured yet: initial interval {_fmt_s(initial_interval_s)} (spec)"
+    else:
+        raw = daly_interval(o_save_s, t_fail_job)
+        why = (f"Daly on o_save {_fmt_s(o_save_s)} and T_fail_job {_fmt_s(t_fail_job)} = {_fmt_s(raw)} "
+               f"(Young sqrt(2*o_save*T_fail_job) = {_fmt_s(young_interval(o_save_s, t_fail_job))})")
+    floor = save_floor(o_save_s)
+    notes: tuple[str, ...] = ()
+    interval = raw
+    if fixed_interval_s is None:
+        interval, notes = clamp_interval(raw, min_interval_s, max_interval_s, floor)
+    overhead = expected_overhead_full(interval, o_save_s or 0.0, o_load_s or 0.0, 0.0, t_fail_job)
+    estimate = ModeEstimate("full", interval, overhead, 0.0, True, notes)
+    return IntervalDecision(
+        mode_chosen="full", interval_s=interval, expected_overhead_fraction=overhead, expected_pls=0.0,
+        reason="; ".join([why, *notes, f"{len(worker_failures)} worker failure(s) in {_fmt_s(observed_seconds)}"]),
+        t_fail_job_s=t_fail_job, t_fail_emb_s=t_fail_job, full=estimate, partial=estimate, floor_s=floor,
+        measurements=Measurements(o_save_s=o_save_s, o_load_s=o_load_s))

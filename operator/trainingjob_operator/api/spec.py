@@ -39,9 +39,16 @@ class Role(enum.StrEnum):
     TRAINER = "trainer"
     EMBEDDING_SERVER = "embedding-server"
     SYNC_SERVER = "sync-server"
+    WORKER = "worker"  # spec.workload: pytorch: one pod of a torch.distributed script
 
 
-ROLES: tuple[Role, ...] = (Role.EMBEDDING_SERVER, Role.SYNC_SERVER, Role.TRAINER)
+ROLES: tuple[Role, ...] = (Role.EMBEDDING_SERVER, Role.SYNC_SERVER, Role.TRAINER)  # the DLRM workload's
+PYTORCH_ROLES: tuple[Role, ...] = (Role.WORKER,)
+
+
+class Workload(enum.StrEnum):
+    DLRM = "dlrm"  # the recommendation model: embedding servers, sync server, trainers (CPR, ShadowSync)
+    PYTORCH = "pytorch"  # any torch.distributed script: worker pods, in-place restarts, distributed checkpoints
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -257,14 +264,20 @@ class SyncServerRoleSpec(RoleSpec):
     replicas: int = Field(default=1, ge=1, le=1, description="Exactly 1: the one central dense copy.")
 
 
+class WorkerRoleSpec(RoleSpec):
+    replicas: int = Field(default=2, ge=1, le=1024, description="Worker pods of a pytorch workload (nodes).")
+
+
 class ReplicasSpec(ApiModel):
     trainer: TrainerRoleSpec = Field(default_factory=TrainerRoleSpec)
     embedding_server: EmbeddingServerRoleSpec = Field(default_factory=EmbeddingServerRoleSpec)
     sync_server: SyncServerRoleSpec = Field(default_factory=SyncServerRoleSpec)
+    worker: WorkerRoleSpec = Field(
+        default_factory=WorkerRoleSpec, description="workload pytorch: the worker pods (the DLRM roles are unused).")
 
     def for_role(self, role: Role) -> RoleSpec:
         return {Role.TRAINER: self.trainer, Role.EMBEDDING_SERVER: self.embedding_server,
-                Role.SYNC_SERVER: self.sync_server}[role]
+                Role.SYNC_SERVER: self.sync_server, Role.WORKER: self.worker}[role]
 
     def count(self, role: Role) -> int:
         return self.for_role(role).replicas
@@ -551,6 +564,33 @@ class RunPolicySpec(ApiModel):
         "it Succeeded or Failed. Unset: keep it.")
 
 
+class PyTorchSpec(ApiModel):
+    """workload pytorch: any torch.distributed script (torchrun-style), run by an agent in each worker pod that
+    starts ``procsPerWorker`` processes with the env torch.distributed expects (RANK, WORLD_SIZE, LOCAL_RANK,
+    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and restarts them in place when a peer pod is replaced. The
+    script loads and saves its state with the ``trainingjob_torch`` helpers (the newest complete distributed
+    checkpoint, saves when the tuned interval says so, progress to the coordination store)."""
+
+    command: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="The script's command line, e.g. [python, -m, llama_sft] or [python, train.py, "
+        "--lr, '3e-4']; run once per process, in the image's working directory.")
+    procs_per_worker: int = Field(
+        default=1, ge=1, le=64, description="Processes per worker pod (torchrun's --nproc-per-node: one per GPU).")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="torch.distributed backend the helpers initialise: auto is nccl with a GPU, "
+        "else gloo.")
+    master_port: int = Field(
+        default=29500, ge=1024, le=65535, description="Kubernetes: the port the rendezvous store (c10d TCPStore) "
+        "listens on in the pod of rank 0; locally a free port is picked.")
+    peer_failure_grace_seconds: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="A worker process that fails gets this long for the "
+        "coordinator to announce a new generation (a peer failed: restart in place); without one, its pod fails "
+        "with the process's exit code and is replaced.")
+    rendezvous_timeout_seconds: float = Field(
+        default=1800.0, ge=10.0, le=86_400.0, description="How long a worker waits for every peer to join a "
+        "generation (a replacement's scheduling and image pull) before its pod fails.")
+
+
 def _camel(role: Role) -> str:
     head, *rest = role.value.split("-")
     return head + "".join(part.title() for part in rest)
@@ -566,6 +606,10 @@ def warmup_steps(spec: TrainingJobSpec) -> int:
 
 
 class TrainingJobSpec(ApiModel):
+    workload: Workload = Field(
+        default=Workload.DLRM, description="dlrm (the recommendation model, the default) or pytorch (any "
+        "torch.distributed script, spec.pytorch).")
+    pytorch: PyTorchSpec | None = Field(default=None, description="workload pytorch: the script and its processes.")
     image: str | None = Field(
         default=None, description="Trainer image for every role unless a role overrides it; default: the operator's.")
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -581,9 +625,34 @@ class TrainingJobSpec(ApiModel):
         "plugin enforces policies.")
 
     @model_validator(mode="after")
+    def _workload_fields(self) -> TrainingJobSpec:
+        if self.workload is Workload.PYTORCH:
+            if self.pytorch is None:
+                raise ValueError("pytorch is required when workload is pytorch (pytorch.command: the script to run)")
+            checkpoint = self.recovery.checkpoint
+            if checkpoint.volume.kind is CheckpointVolumeKind.CLAIM_PER_REPLICA and checkpoint.object_store is None:
+                raise ValueError("recovery.checkpoint.volume.kind: a pytorch workload's ranks save and load one "
+                                 "distributed checkpoint together, so it needs sharedClaim (a ReadWriteMany claim "
+                                 "when workers run on several nodes) or emptyDir, not claimPerReplica")
+            if checkpoint.object_store is not None:
+                raise ValueError("recovery.checkpoint.objectStore: a pytorch workload saves distributed "
+                                 "checkpoints to a filesystem; use volume sharedClaim")
+        elif self.pytorch is not None:
+            raise ValueError("pytorch is set but workload is dlrm: set workload: pytorch, or remove pytorch")
+        return self
+
+    def roles(self) -> tuple[Role, ...]:
+        """The replica roles this workload runs, servers first (trainers need them to start)."""
+        return PYTORCH_ROLES if self.workload is Workload.PYTORCH else ROLES
+
+    def completing_role(self) -> Role:
+        """The role whose replicas all exiting 0 finishes the job."""
+        return Role.WORKER if self.workload is Workload.PYTORCH else Role.TRAINER
+
+    @model_validator(mode="after")
     def _one_scheduler(self) -> TrainingJobSpec:
         if self.run_policy.gang is not None:
-            for role in ROLES:
+            for role in self.roles():
                 template = self.replicas.for_role(role).template
                 if template is not None and template.spec.scheduler_name is not None:
                     raise ValueError(f"replicas.{_camel(role)}.template.spec.schedulerName and runPolicy.gang both "
@@ -597,6 +666,7 @@ class TrainingJobSpec(ApiModel):
 # Everything else (images, resources, templates, env, the recovery and run policies, the checkpoint cadence)
 # applies to replacements from then on.
 FROZEN_WHILE_RUNNING: tuple[tuple[str, ...], ...] = (
+    ("workload",), ("pytorch",), ("replicas", "worker", "replicas"),
     ("model",), ("data",), ("redis",),
     ("training", "denseLearningRate"), ("training", "embeddingLearningRate"), ("training", "hogwildThreads"),
     ("training", "prefetchBatches"), ("training", "warmupSteps"), ("training", "sync"), ("training", "device"),

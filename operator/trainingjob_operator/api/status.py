@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from pydantic import Field
 
@@ -45,6 +46,10 @@ class ProgressStatus(ApiModel):
     loss: float | None = None
     auc: float | None = None
     waiting_for: list[str] | None = None  # servers some trainer is blocked on (being replaced); None: none
+    # workload pytorch: samples and samplesPerSecond count tokens; the step, and the script's own result.
+    step: int | None = None
+    total_steps: int | None = None
+    result: dict[str, Any] | None = None
 
 
 class FailureRecord(ApiModel):

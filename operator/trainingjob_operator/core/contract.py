@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from trainingjob_operator.api.spec import TrainingJob
+from trainingjob_operator.api.spec import Role, TrainingJob
 from trainingjob_operator.reconcile import ReplicaId
 
 GRPC_PORT = 50051  # servers serve gRPC and grpc.health.v1 here on a pod; the probes name it
@@ -50,7 +50,7 @@ OBJECT_STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 CONTRACT_ENV = frozenset({"TJ_JOB", "TJ_NAMESPACE", "TJ_ROLE", "TJ_RANK", "TJ_REDIS_URL", "TJ_SPEC", "POD_IP",
                           "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR", "TJ_GRPC_PORT", "TJ_REDIS_USERNAME",
-                          "TJ_REDIS_PASSWORD"})
+                          "TJ_REDIS_PASSWORD", "TJ_MASTER_PORT"})
 REDIS_SECRET_KEYS = ("username", "password")  # of the job's Redis Secret (``<job>-redis``)
 
 
@@ -127,6 +127,9 @@ def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation:
     ]
     if placement.instance is not None:
         contract.insert(7, ("TJ_INSTANCE", placement.instance))
+    if rid.role is Role.WORKER and job.spec.pytorch is not None:
+        # Where rank 0's rendezvous store listens: the spec's port in a pod; a free one on a shared host.
+        contract.append(("TJ_MASTER_PORT", str(job.spec.pytorch.master_port if placement.port else 0)))
     if redis_secret is not None and placement.secrets:
         # The job's own Redis user, from its Secret; the URL in the pod spec carries no credentials.
         contract[4] = ("TJ_REDIS_URL", url_without_credentials(redis_url))
@@ -145,6 +148,13 @@ def literal_env(env: list[tuple[str, EnvValue]]) -> dict[str, str]:
             raise ValueError(f"{name} is {value!r}: only a pod can resolve it")
         out[name] = value
     return out
+
+
+def replica_command(role: Role) -> list[str]:
+    """What a replica's process (a pod's container) runs: the DLRM trainer image's entrypoint, or a pytorch
+    workload's agent, which starts the script's processes."""
+    module = "trainingjob_torch.agent" if role is Role.WORKER else "dlrm_trainer"
+    return ["python", "-m", module]
 
 
 def container_exit_code(returncode: int) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainingjob_operator.api.spec import RecoveryMode, Role, TrainingJobSpec
+from trainingjob_operator.api.spec import RecoveryMode, Role, TrainingJobSpec, Workload
 from trainingjob_operator.core.costs import Trace, save_costs, write_slowdown, write_windows
 from trainingjob_operator.reconcile import CreateReason, CreateReplica, RecordFailure
 from trainingjob_operator.tuning import FailureObservation, Measurements, TuningInputs
@@ -20,6 +20,13 @@ def resolve_mode(requested: RecoveryMode, planned: str | None) -> RecoveryMode:
     if requested is not RecoveryMode.AUTO:
         return requested
     return RecoveryMode(planned) if planned in (RecoveryMode.PARTIAL, RecoveryMode.FULL) else RecoveryMode.PARTIAL
+
+
+def effective_mode(spec: TrainingJobSpec, planned: str | None) -> RecoveryMode:
+    """The mode the reconcile core applies. A pytorch workload's interval plan always says full (every rank
+    rolls back to the checkpoint), which is not a pod policy: its pods follow the spec (auto: partial, only the
+    failed pod replaced and the survivors restarted in place)."""
+    return resolve_mode(spec.recovery.mode, None if spec.workload is Workload.PYTORCH else planned)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,12 @@ def trainer_rollbacks(actions: Sequence[object], mode: RecoveryMode,
             if isinstance(a, CreateReplica) and a.reason is CreateReason.REPLACEMENT and a.id.role is Role.TRAINER}
 
 
+def failure_observations(failure_log: Sequence[Mapping[str, Any]], started: float) -> list[FailureObservation]:
+    """The failure log's entries as the tuner counts them (seconds since the job started)."""
+    return [FailureObservation(role=str(f["role"]), rank=int(f["rank"]), time_s=max(0.0, float(f["time"]) - started))
+            for f in failure_log if {"role", "rank", "time"} <= f.keys()]
+
+
 def measurements(costs: Mapping[str, Sequence[float]], samples_per_second: float | None,
                  checkpoint_log: Sequence[Mapping[str, Any]] = (),
                  traces: Mapping[int, Trace] | None = None) -> Measurements:
@@ -136,9 +149,7 @@ def tuning_inputs(spec: TrainingJobSpec, *, costs: Mapping[str, Sequence[float]]
     """Everything the interval tuner needs, from what the failure log and the cost lists hold. The measured
     PLS is a portion of the job's samples (at least its planned ones): lost samples over the samples trained
     so far would make two early failures look like a spent budget and flip ``auto`` to full recovery."""
-    failures = [FailureObservation(role=str(f["role"]), rank=int(f["rank"]),
-                                   time_s=max(0.0, float(f["time"]) - started))
-                for f in failure_log if {"role", "rank", "time"} <= f.keys()]
+    failures = failure_observations(failure_log, started)
     planned = max(samples, spec.data.planned_samples)
     return TuningInputs.from_spec(
         spec, measurements=measurements(costs, samples_per_second, checkpoint_log, traces), failures=failures,

@@ -39,16 +39,16 @@ from redis.retry import Retry
 from trainingjob_operator import tuning
 from trainingjob_operator.api.loading import ManifestError
 from trainingjob_operator.api.spec import (
-    ROLES,
     RecoveryMode,
     Role,
     TrainingJob,
     TrainingJobSpec,
+    Workload,
     frozen_change,
 )
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination, grant_job_user, job_user
-from trainingjob_operator.core.recovery import RollbackPoint, resolve_mode, trainer_rollbacks
+from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.k8s import kueue, resources
 from trainingjob_operator.k8s.config import OperatorConfig
@@ -69,6 +69,7 @@ from trainingjob_operator.k8s.reporting import (
     render_status,
     save_cost_status,
     summarize_progress,
+    summarize_steps,
 )
 from trainingjob_operator.reconcile import (
     HUNG_REASONS,
@@ -149,7 +150,7 @@ class RedisView:
 
 def read_heartbeats(coord: Coordination, spec: TrainingJobSpec, now: float) -> HeartbeatSnapshot:
     members = {}
-    for role in ROLES:
+    for role in spec.roles():
         for rank, member in coord.members(role.value, spec.replicas.count(role)).items():
             members[ReplicaId(role, rank)] = (member.instance, member.heartbeat)
     return HeartbeatSnapshot(read_at=now, members=members)
@@ -161,6 +162,11 @@ def _checkpoint_time(pointer: Mapping[str, Any] | None) -> float | None:
 
 
 def read_progress(coord: Coordination, spec: TrainingJobSpec) -> RedisView:
+    if spec.workload is Workload.PYTORCH:
+        steps = coord.step_progress()
+        checkpoints = coord.checkpoints()
+        last = iso(float(checkpoints[-1]["time"])) if checkpoints and "time" in checkpoints[-1] else None
+        return RedisView(summarize_steps(steps, coord.result(0)), None, last)
     trainers = spec.replicas.count(Role.TRAINER)
     progress = coord.all_progress(trainers)
     results = {rank: r for rank in range(trainers) if (r := coord.result(rank)) is not None}
@@ -388,7 +394,7 @@ class JobCoordinator:
 
     def effective_mode(self) -> str:
         """partial or full; ``auto`` follows the tuning module's benefit test (partial until it ran)."""
-        return resolve_mode(self.job.spec.recovery.mode, self.plan.mode_chosen if self.plan else None).value
+        return effective_mode(self.job.spec, self.plan.mode_chosen if self.plan else None).value
 
     async def _follow_spec(self) -> None:
         raw = self.body.get("spec")
@@ -559,9 +565,10 @@ class JobCoordinator:
         try:
             workload = await self.ctx.kube.get_workload(self.job.namespace, name)
             if workload is None and not self.memory.phase.finished:
+                spec_roles = self.job.spec.roles()
                 pods = {role: resources.render_pod(self.job, ReplicaId(role, 0), owner=self.owner,
                                                    redis_url=self.redis_url, generation=0,
-                                                   redis_secret=self.redis_secret) for role in ROLES}
+                                                   redis_secret=self.redis_secret) for role in spec_roles}
                 await self.ctx.kube.create_workload(self.job.namespace, kueue.render_workload(
                     self.job, self.owner.reference(), pods))
                 self.log.info("workload created", workload=name, queue=queue)

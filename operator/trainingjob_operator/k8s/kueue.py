@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from trainingjob_operator.api.spec import ROLES, Role, TrainingJob
+from trainingjob_operator.api.spec import Role, TrainingJob
 
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSION = "v1beta1"
@@ -47,7 +47,7 @@ def render_workload(job: TrainingJob, owner_reference: Mapping[str, Any],
     """The Workload for a queued job; ``pods``: one rendered pod per role (rank 0), whose spec is the pod set's
     template (Kueue sums its container requests times the count)."""
     pod_sets = []
-    for role in ROLES:
+    for role in job.spec.roles():
         pod = pods[role]
         pod_sets.append({"name": role.value, "count": job.spec.replicas.count(role),
                          "template": {"metadata": {"labels": dict(pod["metadata"].get("labels", {}))},

@@ -193,6 +193,18 @@ def summarize_progress(
     )
 
 
+def summarize_steps(steps: Any, result: Mapping[str, Any] | None) -> ProgressStatus:
+    """A pytorch workload's progress (Coordination.StepProgress of its rank 0) and result -> status.progress:
+    samples count tokens."""
+    if steps is None:
+        return ProgressStatus(result=dict(result) if result else None)
+    return ProgressStatus(
+        samples=int(steps.tokens), target_samples=0,
+        samples_per_second=round(steps.tokens_per_second, 3) if steps.tokens_per_second else None,
+        loss=round(steps.loss, 6) if steps.loss is not None else None, step=int(steps.step),
+        total_steps=steps.total_steps, result=dict(result) if result else None)
+
+
 # --- merge patches -----------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from trainingjob_operator.api.spec import (
     Role,
     RoleSpec,
     TrainingJob,
+    Workload,
     default_image,
 )
 from trainingjob_operator.api.template import TMP_VOLUME, PodTemplate
@@ -238,6 +239,8 @@ def render_checkpoint_claims(job: TrainingJob, *, owner: Owner) -> list[dict[str
 
 
 def server_replicas(job: TrainingJob) -> list[ReplicaId]:
+    if job.spec.workload is Workload.PYTORCH:
+        return []
     return [ReplicaId(role, rank) for role in (Role.EMBEDDING_SERVER, Role.SYNC_SERVER)
             for rank in range(job.spec.replicas.count(role))]
 
@@ -325,7 +328,7 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": role.image or job.spec.image or default_image(),
-        "command": ["python", "-m", "dlrm_trainer"],
+        "command": contract.replica_command(rid.role),
         "env": _env(job, rid, redis_url, generation, redis_secret),
         "resources": _resources(role.resources),
     }
@@ -348,6 +351,12 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
         if job.spec.recovery.checkpoint.object_store is None:
             container["volumeMounts"].append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
             spec["volumes"].append(checkpoint_volume(job, rid))
+    if rid.role is Role.WORKER and job.spec.pytorch is not None:
+        # The rendezvous store of each generation listens here in the pod of rank 0; every worker mounts the one
+        # shared checkpoint volume (a distributed checkpoint is read by every rank).
+        container["ports"] = [{"name": "c10d", "containerPort": job.spec.pytorch.master_port, "protocol": "TCP"}]
+        container["volumeMounts"].append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
+        spec["volumes"].append(checkpoint_volume(job, rid))
     if role.node_selector:
         spec["nodeSelector"] = dict(role.node_selector)
     if role.tolerations:
@@ -381,6 +390,15 @@ def render_network_policy(job: TrainingJob, *, owner: Owner) -> dict[str, Any] |
     node and are not subject to it."""
     if not job.spec.network_policy:
         return None
+    if job.spec.workload is Workload.PYTORCH:
+        # Workers talk to each other on ports the collectives pick (gloo, NCCL): only the job's own pods may.
+        workers = {"matchLabels": {LABEL_JOB: job.name, LABEL_ROLE: Role.WORKER.value}}
+        return {
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _metadata(f"{job.name}-workers", job.namespace, job_labels(job.name), owner),
+            "spec": {"podSelector": workers, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {LABEL_JOB: job.name}}}]}]},
+        }
     servers = {"matchLabels": {LABEL_JOB: job.name},
                "matchExpressions": [{"key": LABEL_ROLE, "operator": "In",
                                      "values": sorted(r.value for r in SERVER_ROLES)}]}
@@ -404,7 +422,7 @@ def render_pod_group(job: TrainingJob, *, owner: Owner) -> dict[str, Any] | None
     gang = job.spec.run_policy.gang
     if gang is None:
         return None
-    members = sum(job.spec.replicas.count(role) for role in (Role.EMBEDDING_SERVER, Role.SYNC_SERVER, Role.TRAINER))
+    members = sum(job.spec.replicas.count(role) for role in job.spec.roles())
     metadata = _metadata(job.name, job.namespace, job_labels(job.name), owner)
     if gang.scheduler == "volcano":
         spec: dict[str, Any] = {"minMember": members}

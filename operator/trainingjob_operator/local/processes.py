@@ -75,7 +75,7 @@ class ReplicaProcess:
 
 
 def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = None,
-          standby: subprocess.Popen[bytes] | None = None) -> ReplicaProcess:
+          standby: subprocess.Popen[bytes] | None = None, module: str = "dlrm_trainer") -> ReplicaProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if standby is not None and standby.stdin is not None:
         try:
@@ -86,7 +86,7 @@ def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = Non
             standby.kill()  # it died meanwhile: fall back to a cold start
     log = log_path.open("ab")
     popen = subprocess.Popen(
-        [sys.executable, "-m", "dlrm_trainer"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", module], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=_die_with_parent, start_new_session=True,
     )
     log.close()

@@ -17,7 +17,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def describe(s: Snapshot) -> str:
-    return (f"{s.phase.value:<10} {s.running}/{s.desired} up  {_fmt(s.samples_per_second, ',.0f')} samples/s  "
+    return (f"{s.phase.value:<10} {s.running}/{s.desired} up  {_fmt(s.samples_per_second, ',.0f')} {s.unit}/s  "
             f"loss {_fmt(s.loss, '.4f')}  failures {s.failures}  gen {s.generation}"
             + (f"  waiting for {', '.join(s.waiting_for)}" if s.waiting_for else ""))
 

@@ -100,3 +100,81 @@ def write_summary(summary: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def step_at(trace: list[tuple[float, int, int]], when: float) -> int | None:
+    """The last step rank 0 reported at or before ``when`` (absolute time)."""
+    steps = [step for t, step, _ in trace if t <= when]
+    return steps[-1] if steps else None
+
+
+def restarts_of(failures: list[FailureRecord], resumes: list[dict[str, Any]], trace: list[tuple[float, int, int]],
+                started: float) -> list[dict[str, Any]]:
+    """Per failure of a pytorch workload: when training resumed (the first step of a later generation), from
+    which checkpoint step, and the work lost (steps trained before the failure and trained again)."""
+    out = []
+    for failure in failures:
+        failed_at = started + (failure.injected_at_s if failure.injected_at_s is not None else failure.time_s)
+        resume = next((r for r in resumes if int(r["generation"]) >= failure.generation and r["time"] >= failed_at),
+                      None)
+        before = step_at(trace, failed_at)
+        entry: dict[str, Any] = {"replica": failure.name, "generation": failure.generation,
+                                 "step_at_failure": before}
+        if resume is not None:
+            entry["resume_seconds"] = round(float(resume["time"]) - failed_at, 3)
+            entry["resumed_from_step"] = resume.get("resumed_from")
+            if before is not None:
+                entry["lost_steps"] = before - int(resume.get("resumed_from") or 0)
+        out.append(entry)
+    return out
+
+
+def build_pytorch_summary(facts: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a pytorch workload: progress as its rank 0 reported it, the script's own result, each
+    failure's in-place restart, and the checkpoints with the tuned interval."""
+    job: TrainingJob = facts["job"]
+    started, ended = float(facts["started"]), float(facts["ended"])
+    steps = facts["steps"]
+    failures: list[FailureRecord] = facts["failures"]
+    trace = facts.get("trace") or []
+    replicas = []
+    for name, incarnations in facts["history"].items():
+        role, _, rank = name.rpartition("-")
+        replicas.append({"role": role, "rank": int(rank), "restarts": facts["restarts"].get(name, 0),
+                         "pids": [dataclasses.asdict(i) for i in incarnations],
+                         "peak_rss_mb": round(max((i.peak_rss_mb for i in incarnations), default=0.0), 1)})
+    recovery = dict(facts["recovery"])
+    saves = [float(s) for s in facts["save_costs"]]
+    restarts = restarts_of(failures, facts["resumes"], trace, started)
+    lost = [r["lost_steps"] for r in restarts if "lost_steps" in r]
+    resumed = [r["resume_seconds"] for r in restarts if "resume_seconds" in r]
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "job": job.name,
+        "namespace": job.namespace,
+        "workload": "pytorch",
+        "status": facts["status"],
+        "wall_seconds": round(ended - started, 3),
+        "step": steps.step if steps is not None else 0,
+        "tokens": steps.tokens if steps is not None else 0,
+        "tokens_per_second": None if steps is None or steps.tokens_per_second is None else round(
+            steps.tokens_per_second, 1),
+        "loss": steps.loss if steps is not None else None,
+        "result": facts["result"],
+        "failures": [dataclasses.asdict(f) for f in failures],
+        "restarts_in_place": max(0, len(facts["resumes"]) - 1),
+        "recoveries": restarts,
+        "lost_steps_per_failure": _mean([float(x) for x in lost]),
+        "resume_seconds_median": statistics.median(resumed) if resumed else None,
+        "checkpoint": {
+            "saves": len(facts["checkpoints"]),
+            "o_save_s_median": statistics.median(saves) if saves else None,
+            "save_seconds_total": round(sum(saves), 3),
+            "o_load_s": [round(float(x), 4) for x in facts["load_costs"]],
+            "interval": recovery.get("interval"),
+            "interval_history": recovery.get("interval_history"),
+        },
+        "replicas": replicas,
+        "restarts": {f"{r['role']}-{r['rank']}": r["restarts"] for r in replicas},
+        "conditions": facts["conditions"],
+    }

@@ -21,11 +21,11 @@ from typing import Any
 import psutil
 import redis
 
-from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob
+from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob, Workload
 from trainingjob_operator.api.status import Phase
-from trainingjob_operator.coordination import Coordination, Member, Progress, waiting_for
+from trainingjob_operator.coordination import Coordination, Member, Progress, StepProgress, waiting_for
 from trainingjob_operator.core import accounting, contract
-from trainingjob_operator.core.recovery import RollbackPoint, failure_record, resolve_mode, trainer_rollbacks
+from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, failure_record, trainer_rollbacks
 from trainingjob_operator.failure_log import write_failure
 from trainingjob_operator.local.injection import Injection, due
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
@@ -75,6 +75,7 @@ class Snapshot:
     running: int
     desired: int
     waiting_for: list[str] = field(default_factory=list)  # servers a trainer is blocked on
+    unit: str = "samples"  # a pytorch workload counts steps (its bar) and tokens (its rate)
 
 
 class LocalSupervisor:
@@ -88,7 +89,7 @@ class LocalSupervisor:
         self.processes: dict[str, ReplicaProcess] = {}
         self.history: dict[str, list[Incarnation]] = {rid.name: [] for rid in desired_replicas(self.spec)}
         self.tracker = RecoveryTracker(injections=sorted(self.options.injections, key=lambda i: i.time_s))
-        self.mode = resolve_mode(self.spec.recovery.mode, None).value
+        self.mode = effective_mode(self.spec, None).value
         self._rollback: RollbackPoint | None = None
         self._last_replan = 0.0
         self.heard_since: float | None = None  # since when heartbeat reads succeeded without a gap
@@ -99,6 +100,8 @@ class LocalSupervisor:
         self.started = time.time()
         self.coord: Coordination | None = None
         self.redis_url: str | None = None
+        self.pytorch = self.spec.workload is Workload.PYTORCH
+        self._steps: StepProgress | None = None
         self._last_rss = 0.0
         self.interrupted = False
         self._stop_requested = False
@@ -132,7 +135,7 @@ class LocalSupervisor:
     def _heartbeats(self) -> dict[ReplicaId, Member] | None:
         assert self.coord is not None
         try:
-            members = {ReplicaId(role, rank): m for role in ROLES
+            members = {ReplicaId(role, rank): m for role in self.spec.roles()
                        for rank, m in self.coord.members(role.value, self.spec.replicas.count(role)).items()}
         except redis.RedisError as e:
             if self.heard_since is not None:
@@ -175,10 +178,11 @@ class LocalSupervisor:
             if isinstance(action, CreateReplica):
                 name = action.id.name
                 standby = None
-                if action.reason is CreateReason.REPLACEMENT and self.standby is not None:
+                if action.reason is CreateReason.REPLACEMENT and self.standby is not None and not self.pytorch:
                     standby = self.standby.take(action.id.role.value)
                 proc = spawn(name, self.replica_env(action.id, action.generation),
-                             self.workdir / "logs" / f"{name}.log", standby=standby)
+                             self.workdir / "logs" / f"{name}.log", standby=standby,
+                             module=contract.replica_command(action.id.role)[-1])
                 self.processes[name] = proc
                 self.history[name].append(proc.incarnation)
                 log.info("started %s pid %d (%s, generation %d)", name, proc.pid, action.reason, action.generation)
@@ -267,7 +271,7 @@ class LocalSupervisor:
         except redis.RedisError as e:  # keep the last plan; the replicas keep theirs too
             log.warning("interval not re-planned, Redis unreachable: %s", e)
             return
-        self.mode = resolve_mode(self.spec.recovery.mode, decision.mode_chosen).value
+        self.mode = effective_mode(self.spec, decision.mode_chosen).value
         self.tracker.note_interval(elapsed, decision)
 
     @contextlib.contextmanager
@@ -296,7 +300,7 @@ class LocalSupervisor:
                     and p.poll() is not None:
                 del self.processes[action.id.name]
         self._sample_memory()
-        if self.standby is not None:
+        if self.standby is not None and not self.pytorch:
             if self.memory.phase is Phase.RUNNING:
                 for role in ROLES:  # only while nothing is starting: priming costs CPU
                     self.standby.prime(role.value)
@@ -305,6 +309,8 @@ class LocalSupervisor:
 
     def snapshot(self) -> Snapshot:
         assert self.coord is not None
+        if self.pytorch:
+            return self._pytorch_snapshot()
         with contextlib.suppress(redis.RedisError):  # Redis away: show the last progress read
             self._progress = self.coord.all_progress(self.spec.replicas.trainer.replicas)
         progress = self._progress
@@ -318,6 +324,19 @@ class LocalSupervisor:
             running=sum(1 for p in self.processes.values() if p.poll() is None),
             desired=len(desired_replicas(self.spec)), waiting_for=waiting_for(progress.values()),
         )
+
+    def _pytorch_snapshot(self) -> Snapshot:
+        assert self.coord is not None
+        with contextlib.suppress(redis.RedisError):
+            self._steps = self.coord.step_progress()
+        steps = self._steps
+        return Snapshot(
+            phase=self.memory.phase, elapsed_s=time.time() - self.started, samples=steps.step if steps else 0,
+            target_samples=(steps.total_steps or steps.step) if steps else 0,
+            samples_per_second=steps.tokens_per_second if steps else None, loss=steps.loss if steps else None,
+            failures=self.memory.failures, generation=self.memory.generation,
+            running=sum(1 for p in self.processes.values() if p.poll() is None),
+            desired=len(desired_replicas(self.spec)), unit="tokens")
 
     def run(self) -> dict[str, Any]:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -364,7 +383,10 @@ class LocalSupervisor:
 
     # --- the summary -----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        from trainingjob_operator.local.summary import build_summary
+        from trainingjob_operator.local.summary import build_pytorch_summary, build_summary
+
+        if self.pytorch:
+            return build_pytorch_summary(self._pytorch_facts())
 
         results: dict[int, dict[str, Any]] = {}
         progress: dict[int, int] = {}
@@ -400,6 +422,23 @@ class LocalSupervisor:
             conditions=[c.to_wire() for c in self.memory.conditions], lost_samples=lost, recovery=recovery,
             progress=progress,
         )
+
+
+    def _pytorch_facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "job": self.job, "status": "Interrupted" if self.interrupted else self.memory.phase.value,
+            "started": self.started, "ended": time.time(), "history": self.history,
+            "restarts": dict(self.memory.restarts), "failures": self.tracker.failures,
+            "conditions": [c.to_wire() for c in self.memory.conditions], "recovery": self.tracker.to_summary(),
+            "steps": self._steps, "result": None, "resumes": [], "checkpoints": [], "save_costs": [],
+            "load_costs": []}
+        if self.coord is not None:
+            with contextlib.suppress(redis.RedisError):
+                facts.update(steps=self.coord.step_progress() or self._steps, result=self.coord.result(0),
+                             resumes=self.coord.resumes(), checkpoints=self.coord.checkpoints(),
+                             save_costs=self.coord.costs("pt_save"), load_costs=self.coord.costs("pt_load"),
+                             trace=self.coord.steps_trace())
+        return facts
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -1,0 +1,153 @@
+"""Distributed checkpoints (torch.distributed.checkpoint) saved when the tuned interval says so, and the
+newest complete one loaded after a restart.
+
+A save goes to a staging directory; once every rank wrote its part (DCP's collective save returns on every
+rank only then), rank 0 renames it to ``step-<N>``: a checkpoint that has its final name is complete, so a
+failure in the middle of a save never leaves one that a restart would load half of. Rank 0 records what the
+save cost the training loop (the tuner's ``o_save``) and keeps the newest ``keep`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from trainingjob_torch import decisions
+from trainingjob_torch.runtime import Context
+
+log = logging.getLogger("trainingjob.torch")
+
+
+class Checkpointer:
+    def __init__(self, ctx: Context, directory: str | os.PathLike[str] | None = None, keep: int = 2) -> None:
+        self.ctx = ctx
+        job = os.environ.get("TJ_JOB")
+        base = Path(directory) if directory is not None else Path(ctx.checkpoint_dir)
+        self.directory = base / job if directory is None and job else base
+        self.keep = keep
+        self.last_save = time.monotonic()  # the first interval counts from the start (or the resume)
+        self.last_saved_step = -1
+        self.saves = 0
+
+    # --- loading ------------------------------------------------------------------------------
+    def newest(self) -> tuple[Path, int] | None:
+        if not self.directory.is_dir():
+            return None
+        entries = {p.name: os.listdir(p) for p in self.directory.iterdir() if p.is_dir()}
+        found = decisions.newest_complete(entries)
+        return None if found is None else (self.directory / found[0], found[1])
+
+    def load_latest(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    extra: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """Load the newest complete checkpoint into ``model`` (and ``optimizer``) on every rank; returns its step
+        and its ``extra`` values (0 and ``extra`` unchanged when there is none). Every rank sees the same
+        directory (a shared volume), so every rank picks the same checkpoint."""
+        found = self.newest()
+        self._barrier()
+        extra = dict(extra or {})
+        if found is None:
+            log.info("no complete checkpoint in %s: starting at step 0", self.directory)
+            return 0, extra
+        path, step = found
+        started = time.monotonic()
+        model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (
+            get_state_dict(model, [])[0], None)
+        state: dict[str, Any] = {"model": model_sd, "extra": {"step": step, **extra}}
+        if optim_sd is not None:
+            state["optimizer"] = optim_sd
+        dcp.load(state, checkpoint_id=str(path))
+        if optimizer is not None:
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        else:
+            model.load_state_dict(state["model"])
+        self.last_saved_step = step
+        self.last_save = time.monotonic()
+        self.ctx.resumed_from = step
+        seconds = time.monotonic() - started
+        if self.ctx.is_main:
+            log.info("loaded %s (step %d) in %.2fs", path.name, step, seconds)
+            if self.ctx.coord is not None:
+                self.ctx._redis(lambda: self.ctx.coord.record_cost("pt_load", seconds))  # type: ignore[union-attr]
+        loaded = dict(state["extra"])
+        loaded.pop("step", None)
+        return step, loaded
+
+    # --- saving -------------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        """Whether to save now: rank 0 decides from the interval, every rank follows (one tiny broadcast)."""
+        decision = decisions.save_due(now=time.monotonic(), last_save=self.last_save,
+                                      interval_s=self.ctx.interval_s(), step=step,
+                                      last_saved_step=self.last_saved_step) if self.ctx.is_main else False
+        if self.ctx.distributed:
+            flag = torch.tensor([1 if decision else 0], dtype=torch.int32,
+                                device=self.ctx.device if self.ctx.device.type == "cuda" else "cpu")
+            dist.broadcast(flag, src=0)
+            decision = bool(flag.item())
+        return decision
+
+    def maybe_save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                   extra: dict[str, Any] | None = None) -> bool:
+        if not self.due(step):
+            return False
+        self.save(step, model, optimizer, extra)
+        return True
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             extra: dict[str, Any] | None = None) -> Path:
+        started = time.monotonic()
+        staging = self.directory / decisions.staging_name(step, self.ctx.generation)
+        final = self.directory / decisions.checkpoint_name(step)
+        if self.ctx.is_main:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        self._barrier()
+        if optimizer is not None:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            state: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+        else:
+            state = {"model": get_state_dict(model, [])[0]}
+        state["extra"] = {"step": step, **(extra or {})}
+        dcp.save(state, checkpoint_id=str(staging))
+        self._barrier()  # every rank's files are written
+        if self.ctx.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            _fsync_dir(self.directory)
+            for name in decisions.to_prune(os.listdir(self.directory), self.keep):
+                shutil.rmtree(self.directory / name, ignore_errors=True)
+        self._barrier()
+        seconds = time.monotonic() - started
+        self.last_save = time.monotonic()
+        self.last_saved_step = step
+        self.saves += 1
+        if self.ctx.is_main:
+            log.info("saved %s in %.3fs", final.name, seconds)
+            coord = self.ctx.coord
+            if coord is not None:
+                # The loop stood still for the whole save: all of it is training time lost (the tuner's o_save).
+                self.ctx._redis(lambda: coord.record_cost("pt_save", seconds))
+                self.ctx._redis(lambda: coord.log_checkpoint(kind="dcp", step=step, seconds=round(seconds, 4),
+                                                             time=time.time(), generation=self.ctx.generation))
+        return final
+
+    def _barrier(self) -> None:
+        if self.ctx.distributed:
+            dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
