@@ -290,12 +290,17 @@ class Coordination:
         self.r.hset(key, str(rank), json.dumps({"address": address, "instance": instance, "time": time.time()}))
         self.r.expire(key, 7 * 86_400)
 
-    def claim_fault(self, generation: int, rank: int) -> bool:
-        """The first worker to see one of its processes fail in ``generation`` claims the fault: the others'
-        failures are collateral (their processes lost a peer). True when the claim is (or already was) ours."""
-        key = self.key("world_fault", generation)
-        self.r.set(key, str(rank), nx=True, ex=7 * 86_400)
-        return self.r.get(key) == str(rank)
+    def report_fault(self, generation: int, rank: int, exited_at: float) -> None:
+        """One of worker ``rank``'s processes failed at ``exited_at`` in ``generation``."""
+        key = self.key("world_faults", generation)
+        self.r.zadd(key, {str(rank): exited_at}, nx=True)
+        self.r.expire(key, 7 * 86_400)
+
+    def first_fault(self, generation: int) -> int | None:
+        """The worker whose process failed first in ``generation``: the others' failures are collateral (their
+        processes lost a peer in a collective)."""
+        first: list[str] = self.r.zrange(self.key("world_faults", generation), 0, 0)  # type: ignore[assignment]
+        return int(first[0]) if first else None
 
     def world(self, generation: int) -> dict[int, dict[str, Any]]:
         raw: dict[str, str] = self.r.hgetall(self.key("world", generation))  # type: ignore[assignment]

@@ -25,6 +25,7 @@ def main() -> None:
     step, _ = ckpt.load_latest(model, optimizer, extra={"seen": 0})
     true_w = torch.arange(8, dtype=torch.float32) / 8
     log_path = os.environ.get("TOY_LOG")
+    fail_rank = int(os.environ.get("TOY_FAIL_RANK", "-1"))  # this rank exits 3 at step 5 (a bug of its own)
     while step < steps:
         g = torch.Generator().manual_seed(step * 1000 + ctx.rank)
         x = torch.randn(32, 8, generator=g)
@@ -34,6 +35,8 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         step += 1
+        if ctx.rank == fail_rank and step == 5:
+            raise SystemExit(3)
         ctx.report(step, loss=loss.item(), tokens=32 * ctx.world_size, total_steps=steps)
         ckpt.maybe_save(step, model, optimizer, extra={"seen": step * 32})
         if log_path:

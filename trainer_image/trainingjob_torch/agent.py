@@ -36,6 +36,7 @@ EXIT_FENCED = 75  # EX_TEMPFAIL: replaced by the coordinator; the same code the 
 EXIT_RENDEZVOUS = 76  # the peers never all joined within rendezvousTimeoutSeconds
 STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL for a generation's processes
 POLL_S = 0.1
+FAULT_SETTLE_S = 1.0  # how long the workers' fault reports may take to arrive before the first is judged
 
 
 def _die_with_parent() -> None:
@@ -132,6 +133,10 @@ class Agent:
                  len(self.procs), *master)
 
     def _watch(self, generation: int) -> tuple[Next, int]:
+        exited_at: dict[int, float] = {}
+        for index, proc in enumerate(self.procs):  # exact exit times: which worker failed first decides
+            threading.Thread(target=lambda i=index, p=proc: (p.wait(), exited_at.setdefault(i, time.time())),
+                             daemon=True).start()
         failed_since: float | None = None
         ours = False
         last_check = 0.0
@@ -142,15 +147,19 @@ class Agent:
             failed = decisions.first_failure(codes)
             if failed is not None and failed_since is None:
                 failed_since = now
-                ours = bool(self._redis(lambda: self.coord.claim_fault(generation, self.rank)))
-                log.warning("worker-%d: a process exited %d (%s)", self.rank, failed,
-                            "first in this generation" if ours else "after a peer's failure")
+                index = next(i for i, c in enumerate(codes) if c not in (None, 0))
+                when = exited_at.get(index, time.time())
+                self._redis(lambda at=when: self.coord.report_fault(generation, self.rank, at))
+                log.warning("worker-%d: a process exited %d", self.rank, failed)
                 self._stop_processes()  # its peers are stuck in a collective with it: no use waiting
                 codes = tuple(p.poll() for p in self.procs)
             if now - last_check >= 0.25:
                 last_check = now
                 current = self._redis(self.coord.generation)
                 moved = current is not None and current != generation
+                if failed_since is not None and now - failed_since >= FAULT_SETTLE_S:
+                    # Every worker whose processes failed has reported by now: the earliest failure is the fault.
+                    ours = self._redis(lambda: self.coord.first_fault(generation)) == self.rank
             step = decisions.next_step(LocalState(codes, moved, failed_since, now,
                                                   self.pt.peer_failure_grace_seconds, ours))
             if step is Next.DONE:

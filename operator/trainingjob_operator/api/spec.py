@@ -583,9 +583,10 @@ class PyTorchSpec(ApiModel):
         default=29500, ge=1024, le=65535, description="Kubernetes: the port the rendezvous store (c10d TCPStore) "
         "listens on in the pod of rank 0; locally a free port is picked.")
     peer_failure_grace_seconds: float = Field(
-        default=30.0, ge=1.0, le=3600.0, description="A worker process that fails gets this long for the "
-        "coordinator to announce a new generation (a peer failed: restart in place); without one, its pod fails "
-        "with the process's exit code and is replaced.")
+        default=30.0, ge=1.0, le=3600.0, description="When a worker's process fails first (the others' then "
+        "fail in their collectives), the coordinator gets this long to announce a new generation (the pod itself "
+        "is being replaced: the survivors restart in place); without one, the pod fails with the process's exit "
+        "code and is replaced. Keep it above recovery.heartbeatTimeoutSeconds.")
     rendezvous_timeout_seconds: float = Field(
         default=1800.0, ge=10.0, le=86_400.0, description="How long a worker waits for every peer to join a "
         "generation (a replacement's scheduling and image pull) before its pod fails.")
