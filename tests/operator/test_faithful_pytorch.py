@@ -36,7 +36,8 @@ def pytorch_job(name: str, steps: int = 400, mode: str = "partial") -> dict[str,
 @pytest.fixture
 async def faithful(cluster: Cluster, tmp_path: Path) -> AsyncIterator[FaithfulCluster]:
     async with faithful_cluster(tmp_path, time_scale=0.5, api=cluster.api) as running:
-        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM, "namespace": NAMESPACE},
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": CLAIM, "namespace": NAMESPACE},
                  "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}
         async with cluster.api.post(f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", json=claim) as response:
             assert response.status < 300, await response.text()
