@@ -10,11 +10,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from trainingjob_operator.api.spec import TrainingJob
+from trainingjob_operator.api.spec import Role, TrainingJob, Workload
 from trainingjob_operator.simulate.config import (
     HOUR_S,
     FailureSpec,
     SimulateInputError,
+    dense_equivalent,
     node_mtbf_s,
     parse_modes,
     parse_roles,
@@ -93,10 +94,14 @@ def build_scenario(job: TrainingJob, opts: Options) -> tuple[Scenario, list[str]
         raise SimulateInputError("--failure-log", "replays a log: it excludes --mtbf and --mtbf-per-node")
     if opts.failure_log is not None and opts.weibull_shape is not None:
         raise SimulateInputError("--failure-log", "replays a log: it excludes --weibull-shape")
-    spec = scale_spec(job.spec, opts.nodes)
+    dense = job.spec.workload is Workload.PYTORCH
+    spec = dense_equivalent(job.spec, opts.nodes) if dense else scale_spec(job.spec, opts.nodes)
     scaled = job.model_copy(update={"spec": spec})
-    roles = parse_roles(opts.fail_roles)
-    modes = parse_modes(opts.modes)
+    roles = parse_roles(opts.fail_roles if opts.fail_roles is not None or not dense else Role.TRAINER.value)
+    modes = parse_modes(opts.modes if opts.modes is not None or not dense else "full")
+    if dense and modes != ("full",):
+        raise SimulateInputError("--modes", "a pytorch workload recovers one way (every rank rolls back to the newest "
+                                            "checkpoint): only full")
     costs, notes = resolve_costs(scaled, summary=opts.summary, o_save=opts.o_save, o_save_partial=opts.o_save_partial,
                                  o_load=opts.o_load, o_res=opts.o_res, uncovered=opts.uncovered)
     if opts.failure_log is not None:
@@ -112,6 +117,9 @@ def build_scenario(job: TrainingJob, opts: Options) -> tuple[Scenario, list[str]
         prior = opts.prior_hours if opts.prior_hours is not None else node_s / HOUR_S
         notes.append(f"node MTBF {node_s / HOUR_S:.6g} h ({failures.distribution}), failing roles "
                      f"{', '.join(roles)}")
+    if dense:
+        notes.insert(0, f"pytorch workload simulated as its dense equivalent: {spec.replicas.trainer.replicas} "
+                        "workers as trainers in full recovery (every failure rolls every rank back), only they fail")
     scenario = Scenario(base=spec, modes=modes, costs=costs, failures=failures, days=opts.days, seeds=opts.seeds,
                         samples_per_second=opts.samples_per_second, prior_hours=prior, grid=opts.grid,
                         grid_span=opts.grid_span, first_seed=opts.seed)

@@ -191,6 +191,22 @@ def with_changes(spec: TrainingJobSpec, changes: dict[str, Any]) -> TrainingJobS
     return TrainingJobSpec.model_validate(wire)
 
 
+def dense_equivalent(spec: TrainingJobSpec, nodes: int | None) -> TrainingJobSpec:
+    """A pytorch workload as the simulator models it: a dense data-parallel job where every failure rolls every
+    rank back to the newest checkpoint, which is DLRM's full recovery with one trainer per worker (``nodes``
+    workers when given). One embedding server and the sync server complete the model; only trainers fail
+    (``--fail-roles`` defaults to them), so the failure rate and the save and restart costs are the workers'."""
+    workers = nodes if nodes is not None else spec.replicas.worker.replicas
+    wire = spec.to_wire()
+    for key in ("workload", "pytorch"):
+        wire.pop(key, None)
+    wire["replicas"] = {"trainer": {"replicas": workers}, "embeddingServer": {"replicas": 1}}
+    wire["recovery"] = {**wire.get("recovery", {}), "mode": "full"}
+    wire["recovery"]["checkpoint"] = {k: v for k, v in wire["recovery"].get("checkpoint", {}).items()
+                                      if k not in ("volume", "objectStore", "storage")}
+    return TrainingJobSpec.model_validate(wire)
+
+
 def scale_spec(spec: TrainingJobSpec, nodes: int | None) -> TrainingJobSpec:
     if nodes is None:
         return spec

@@ -42,6 +42,8 @@ def measured_costs(summary: Any, path: Path | str = "summary") -> dict[str, floa
         raise SimulateInputError("--summary", f"{path}: expected a run summary (a JSON object)")
     out: dict[str, float] = {}
     checkpoint: dict[str, Any] = summary["checkpoint"] if isinstance(summary.get("checkpoint"), dict) else {}
+    if summary.get("workload") == "pytorch":
+        return _pytorch_costs(summary, checkpoint)
     cost: dict[str, Any] = checkpoint["cost"] if isinstance(checkpoint.get("cost"), dict) else {}
     for key, field in (("o_save_s", "o_save_s"), ("partial_o_save_s", "o_save_partial_s"),
                        ("uncovered", "uncovered")):
@@ -60,6 +62,22 @@ def measured_costs(summary: Any, path: Path | str = "summary") -> dict[str, floa
     elif recovered[Role.EMBEDDING_SERVER.value]:
         # A replaced server is ready once its shard is loaded: its recovery time includes the load.
         out["o_res_s"] = max(0.0, statistics.median(recovered[Role.EMBEDDING_SERVER.value]) - out.get("o_load_s", 0.0))
+    return out
+
+
+def _pytorch_costs(summary: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, float]:
+    """A pytorch workload's summary: a save's cost (the loop stands still for all of it), a load's, and the
+    restart (a failure to the first step of the next generation, less the load it includes)."""
+    out: dict[str, float] = {}
+    if (save := _number(checkpoint.get("o_save_s_median"))) is not None:
+        out["o_save_s"] = save
+    loads = [v for v in (_number(x) for x in checkpoint.get("o_load_s") or []) if v is not None]
+    if loads:
+        out["o_load_s"] = statistics.median(loads)
+    resumes = [v for r in summary.get("recoveries") or [] if isinstance(r, dict)
+               if (v := _number(r.get("resume_seconds"))) is not None]
+    if resumes:
+        out["o_res_s"] = max(0.0, statistics.median(resumes) - out.get("o_load_s", 0.0))
     return out
 
 
