@@ -83,8 +83,12 @@ def test_file_errors_are_one_line(tmp_path: Path) -> None:
         load_manifest(broken)
     two = tmp_path / "two.yaml"
     two.write_text(yaml.safe_dump(manifest({})) + "---\n" + yaml.safe_dump(manifest({})))
-    with pytest.raises(ManifestError, match="exactly one YAML document, found 2"):
+    with pytest.raises(ManifestError, match="exactly one TrainingJob document, found 2"):
         load_manifest(two)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "c"}}
+    with_claim = tmp_path / "with-claim.yaml"  # what kubectl apply -f takes: the claim the job needs beside it
+    with_claim.write_text(yaml.safe_dump(claim) + "---\n" + yaml.safe_dump(manifest({}, name="solo")))
+    assert load_manifest(with_claim).name == "solo"
     with pytest.raises(ManifestError, match="cannot be read"):
         load_manifest(tmp_path / "missing.yaml")
 

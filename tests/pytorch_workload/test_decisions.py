@@ -118,11 +118,14 @@ def test_a_bad_pytorch_manifest_names_the_field(spec: dict[str, Any], field: str
 def test_the_examples_parse() -> None:
     from pathlib import Path
 
-    import yaml
+    from trainingjob_operator.api.loading import load_manifest
 
-    for path in sorted(Path("examples").glob("llama-sft*.yaml")):
-        job = parse_manifest(yaml.safe_load(path.read_text()))
+    paths = sorted((Path(__file__).resolve().parents[2] / "examples").glob("llama-sft*.yaml"))
+    assert len(paths) == 3
+    for path in paths:
+        job = load_manifest(path)
         assert job.spec.workload.value == "pytorch" and job.spec.pytorch is not None, path
+        assert job.spec.pytorch.command == ["python", "-m", "llama_sft"]
 
 
 # --- the agent -------------------------------------------------------------------------------------

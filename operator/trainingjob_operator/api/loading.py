@@ -89,6 +89,10 @@ def load_manifest(path: str | Path) -> TrainingJob:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ManifestError("(yaml)", f"is not valid YAML{where}", str(path)) from None
-    if len(documents) != 1:
-        raise ManifestError("(manifest)", f"expected exactly one YAML document, found {len(documents)}", str(path))
-    return parse_manifest(documents[0], str(path))
+    # A file for kubectl apply may also hold what the job needs (a PersistentVolumeClaim): the job is its one
+    # TrainingJob document.
+    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "TrainingJob"] \
+        if len(documents) > 1 else documents
+    if len(jobs) != 1:
+        raise ManifestError("(manifest)", f"expected exactly one TrainingJob document, found {len(jobs)}", str(path))
+    return parse_manifest(jobs[0], str(path))
