@@ -26,7 +26,12 @@
 #      held (Suspended, no pods) while the LocalQueue is missing; the LocalQueue is created, Kueue admits the
 #      Workload, the pods run with the flavor's node label, the job Succeeds, the Workload gets Finished=True and
 #      the ClusterQueue's quota is released;
-#   7. on failure print what was awaited and the state (tj, pods, describe, operator logs); always save logs under
+#   7. the pytorch workload, namespace tj-e2e-pytorch: examples/llama-sft-kind.yaml (a tiny Llama's SFT over gloo
+#      in two worker pods, its distributed checkpoints on a claim); once it trained PYTORCH_DELETE_AT_STEP steps,
+#      worker-1's pod is deleted: it alone is replaced (worker-0 keeps its UID), both scripts resume from a
+#      checkpoint (a second generation in Redis, resumed from a step > 0), the job Succeeds and its result
+#      reports held-out answer accuracy in both reasoning modes, thinking on at least PYTORCH_MIN_ACCURACY;
+#   8. on failure print what was awaited and the state (tj, pods, describe, operator logs); always save logs under
 #      $ARTIFACTS, then delete the cluster.
 #
 # Needs docker, kind, kubectl, helm, jq and timeout. Knobs (environment): CLUSTER_NAME, KIND_NODE_IMAGE, ARTIFACTS,
@@ -77,6 +82,13 @@ CLUSTER_QUEUE="e2e-cluster-queue"
 WORKLOAD="trainingjob-${JOB_NAME}"  # k8s.kueue.workload_name
 FLAVOR_LABEL_KEY="e2e.training.cpr.dev/pool"  # the ResourceFlavor's nodeLabels, set on both workers
 FLAVOR_LABEL_VALUE="workers"
+
+# The pytorch workload: examples/llama-sft-kind.yaml.
+PYTORCH_NAMESPACE="tj-e2e-pytorch"
+PYTORCH_MANIFEST="${REPO_ROOT}/examples/llama-sft-kind.yaml"
+PYTORCH_JOB="llama-sft"
+PYTORCH_DELETE_AT_STEP="${PYTORCH_DELETE_AT_STEP:-150}"
+PYTORCH_MIN_ACCURACY="${PYTORCH_MIN_ACCURACY:-0.5}"
 
 HELM_TIMEOUT="${HELM_TIMEOUT:-5m}"
 ROLLOUT_TIMEOUT_S="${ROLLOUT_TIMEOUT_S:-300}"
@@ -695,6 +707,50 @@ run_queued_job() {
   log "${JOB_NAME} was held, admitted by Kueue, Succeeded, and its Workload is Finished"
 }
 
+# --- the pytorch workload ----------------------------------------------------------------------------
+
+pytorch_step() { number_or_zero "$(tj_field "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}" '{.status.progress.step}')"; }
+
+pytorch_past() {  # pytorch_past STEP
+  fail_if_job_failed "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}"
+  (($(pytorch_step) >= $1))
+}
+
+workers_running() {
+  local listing
+  fail_if_job_failed "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}"
+  listing="$(job_pods "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}")"
+  [[ $(grep -c . <<<"${listing}") -eq 2 && -z "$(awk '$3 != "Running"' <<<"${listing}")" ]]
+}
+
+run_pytorch_job() {
+  local before survivor victim resumes accuracy key="tj:${PYTORCH_NAMESPACE}:${PYTORCH_JOB}:"
+  log "pytorch workload: ${PYTORCH_MANIFEST} in ${PYTORCH_NAMESPACE}"
+  kubectl create namespace "${PYTORCH_NAMESPACE}"
+  kubectl -n "${PYTORCH_NAMESPACE}" apply -f "${PYTORCH_MANIFEST}"
+  wait_until "${PODS_RUNNING_TIMEOUT_S}" "2 worker pods Running" workers_running
+  wait_until "${THRESHOLD_TIMEOUT_S}" "step ${PYTORCH_DELETE_AT_STEP}" pytorch_past "${PYTORCH_DELETE_AT_STEP}"
+  before="$(job_pods "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}")"
+  survivor="$(uid_of "${before}" "${PYTORCH_JOB}-worker-0")"
+  victim="$(uid_of "${before}" "${PYTORCH_JOB}-worker-1")"
+  log "deleting ${PYTORCH_JOB}-worker-1 (uid ${victim}) at step $(pytorch_step)"
+  kubectl -n "${PYTORCH_NAMESPACE}" delete pod "${PYTORCH_JOB}-worker-1" --wait=false
+  wait_until "${JOB_TIMEOUT_S}" "${PYTORCH_JOB} to Succeed" job_succeeded "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}"
+  local after
+  after="$(job_pods "${PYTORCH_NAMESPACE}" "${PYTORCH_JOB}")"
+  [[ "$(uid_of "${after}" "${PYTORCH_JOB}-worker-0")" == "${survivor}" ]] \
+    || fail "worker-0's pod was recreated (uid ${survivor} -> $(uid_of "${after}" "${PYTORCH_JOB}-worker-0"))"
+  [[ -n "$(uid_of "${after}" "${PYTORCH_JOB}-worker-1")" && "$(uid_of "${after}" "${PYTORCH_JOB}-worker-1")" != "${victim}" ]] \
+    || fail "worker-1 was not replaced by a new pod"
+  resumes="$(redis HVALS "${key}resumes" | jq -s '[.[] | select(.generation > 0 and (.resumed_from // 0) > 0)] | length')"
+  ((resumes >= 1)) || fail "no generation after the delete resumed from a checkpoint (resumes: ${resumes})"
+  accuracy="$(kubectl -n "${PYTORCH_NAMESPACE}" get tj "${PYTORCH_JOB}" -o json | jq -r '.status.progress.result.thinking_on')"
+  jq -en --argjson a "${accuracy}" --argjson min "${PYTORCH_MIN_ACCURACY}" '$a >= $min' >/dev/null \
+    || fail "held-out accuracy with thinking on is ${accuracy}, expected at least ${PYTORCH_MIN_ACCURACY}"
+  kubectl -n "${PYTORCH_NAMESPACE}" get tj "${PYTORCH_JOB}" -o jsonpath='{.status.progress.result}'; echo
+  log "${PYTORCH_JOB}: worker-1 alone was replaced, worker-0 restarted in place, the job Succeeded"
+}
+
 main() {
   case "${1:-}" in
     "") ;;
@@ -726,6 +782,8 @@ main() {
 
   install_kueue
   run_queued_job
+
+  run_pytorch_job
 }
 
 main "$@"

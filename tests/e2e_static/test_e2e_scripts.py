@@ -91,7 +91,7 @@ def test_run_sh_matches_the_example_it_applies() -> None:
     assert script_var("JOB_MANIFEST").endswith("/examples/dlrm-kind.yaml")
     job = parse_manifest(yaml.safe_load(EXAMPLE.read_text()), str(EXAMPLE))
     assert script_var("JOB_NAME") == job.name
-    assert int(script_var("EXPECTED_PODS")) == sum(job.spec.replicas.count(role) for role in Role)
+    assert int(script_var("EXPECTED_PODS")) == sum(job.spec.replicas.count(role) for role in job.spec.roles())
     # The example's image is the one run.sh builds and loads into kind.
     assert job.spec.image == f"{script_var('TRAINER_IMAGE_REPO')}:{script_var('IMAGE_TAG')}"
 
@@ -271,7 +271,7 @@ def rendered_pods(job: Any) -> dict[Any, dict[str, Any]]:
 
     owner = Owner(name=job.name, uid="uid-e2e")
     return {role: render_pod(job, ReplicaId(role, 0), owner=owner, redis_url="redis://redis:6379/0", generation=0)
-            for role in Role}
+            for role in job.spec.roles()}
 
 
 def chaos_job() -> Any:
@@ -370,7 +370,7 @@ def applied_manifests() -> dict[str, Path]:
 def test_run_sh_applies_only_manifest_files_it_names() -> None:
     manifests = applied_manifests()
     assert set(manifests) == {"CHAOS_MANIFEST", "MINIO_MANIFEST", "BUCKET_JOB_MANIFEST", "JOB_MANIFEST",
-                              "KUEUE_QUEUES_MANIFEST", "LOCAL_QUEUE_MANIFEST"}
+                              "KUEUE_QUEUES_MANIFEST", "LOCAL_QUEUE_MANIFEST", "PYTORCH_MANIFEST"}
     text = script_text()
     for name, path in manifests.items():
         assert path.is_file(), f"{name}: {path} is missing"
@@ -386,7 +386,7 @@ def test_run_sh_applies_only_manifest_files_it_names() -> None:
 
 
 @pytest.mark.parametrize("name", ["CHAOS_MANIFEST", "MINIO_MANIFEST", "BUCKET_JOB_MANIFEST", "JOB_MANIFEST",
-                                  "KUEUE_QUEUES_MANIFEST", "LOCAL_QUEUE_MANIFEST"])
+                                  "KUEUE_QUEUES_MANIFEST", "LOCAL_QUEUE_MANIFEST", "PYTORCH_MANIFEST"])
 def test_every_applied_manifest_parses(name: str) -> None:
     import kubernetes_validate
 
@@ -551,7 +551,7 @@ def test_chaos_job_is_long_enough_for_every_fault_after_the_threshold() -> None:
 def test_chaos_job_matches_the_topology_run_sh_expects() -> None:
     job = chaos_job()
     assert job.name == resolved_var("CHAOS_JOB")
-    assert sum(job.spec.replicas.count(role) for role in Role) == int(resolved_var("EXPECTED_PODS"))
+    assert sum(job.spec.replicas.count(role) for role in job.spec.roles()) == int(resolved_var("EXPECTED_PODS"))
     assert job.spec.replicas.count(Role.EMBEDDING_SERVER) == 2  # faults on embedding-server-0 and -1
     assert job.spec.training.device == "cpu"
     assert job.spec.recovery.mode == "partial"
@@ -875,3 +875,18 @@ def test_e2e_workflow_has_time_and_room_for_the_longer_run() -> None:
     assert "kueue_version" in doc["on"]["workflow_dispatch"]["inputs"]
     names = [step.get("name", step.get("uses", "")) for step in job["steps"]]
     assert names.index("Free disk space") < names.index("Run e2e/run.sh")
+
+
+def test_the_pytorch_phase_matches_its_example() -> None:
+    """run_pytorch_job waits for two worker pods of the job the example names, reads the keys the coordination
+    seam writes and the result the example's script reports."""
+    from trainingjob_operator.api.loading import load_manifest
+    from trainingjob_operator.coordination import key_prefix
+
+    job = load_manifest(applied_manifests()["PYTORCH_MANIFEST"])
+    assert job.name == resolved_var("PYTORCH_JOB") and job.spec.replicas.worker.replicas == 2
+    body = function_body("run_pytorch_job")
+    assert 'key="tj:${PYTORCH_NAMESPACE}:${PYTORCH_JOB}:"' in body
+    assert key_prefix("ns", "job") == "tj:ns:job:"
+    assert 'HVALS "${key}resumes"' in body and ".status.progress.result.thinking_on" in body
+    assert function_body("main").rstrip().removesuffix("}").rstrip().endswith("run_pytorch_job")
