@@ -55,6 +55,7 @@ class Agent:
     restarts: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    stopped_at: float = 0.0
 
     @property
     def pt(self) -> PyTorchSpec:
@@ -83,6 +84,10 @@ class Agent:
                 return EXIT_RENDEZVOUS
             self._start(generation, master)
             outcome, code = self._watch(generation)
+            if self.stopping.is_set():
+                # The pod is being deleted: its peers' scripts are about to fail in a collective with ours. Being
+                # the first fault of the generation makes theirs collateral: they wait for the replacement.
+                self._redis(lambda g=generation: self.coord.report_fault(g, self.rank, self.stopped_at))
             self._stop_processes()
             self.procs = []
             if self.stopping.is_set():
@@ -212,6 +217,7 @@ class Agent:
             return None
 
     def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.stopped_at = time.time()
         self.stopping.set()
 
 
