@@ -425,11 +425,25 @@ class Coordination:
         accounting (``core.accounting``) counts from."""
         return {shard: self.recoveries(f"embedding-server-{shard}") for shard in range(shards)}
 
-    def set_checkpoint_error(self, shard: int, message: str | None) -> None:
+    def set_checkpoint_error(self, shard: int | str, message: str | None) -> None:
+        """A save of ``shard`` (an embedding server's rank, or a member's name) failed with ``message``, counted
+        as one more failure in a row; None: it saved, which ends the run of failures."""
         if message is None:
-            self.r.hdel(self.key("checkpoint_errors"), str(shard))
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hdel(self.key("checkpoint_errors"), str(shard))
+            pipe.hdel(self.key("checkpoint_failures"), str(shard))
+            pipe.execute()
         else:
-            self.r.hset(self.key("checkpoint_errors"), str(shard), message)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(self.key("checkpoint_errors"), str(shard), message)
+            pipe.hincrby(self.key("checkpoint_failures"), str(shard), 1)
+            pipe.execute()
+
+    def checkpoint_health(self) -> dict[str, tuple[int, str]]:
+        """Every saver whose last save failed: its failures in a row and the last error."""
+        errors = self.checkpoint_errors()
+        counts: dict[str, str] = self.r.hgetall(self.key("checkpoint_failures"))  # type: ignore[assignment]
+        return {shard: (int(counts.get(shard, 1)), message) for shard, message in errors.items()}
 
     def checkpoint_errors(self) -> dict[str, str]:
         return self.r.hgetall(self.key("checkpoint_errors"))  # type: ignore[return-value]

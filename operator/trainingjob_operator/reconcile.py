@@ -53,6 +53,7 @@ class ConditionType(enum.StrEnum):
     CHECKPOINTS_DURABLE = "CheckpointsDurable"  # False: a replaced server loses its shard (emptyDir)
     SUSPENDED = "Suspended"  # True: runPolicy.suspend (or a queue's hold): no pods, progress and checkpoints kept
     STUCK = "Stuck"  # True: a replica cannot start (image, scheduling, config, create errors); names them
+    CHECKPOINT_FAILING = "CheckpointFailing"  # True: some replica's saves fail (storage full, unwritable); names them
 
 
 # Why a replica that has not started cannot start on its own: the kubelet's waiting reasons, the
@@ -330,6 +331,30 @@ def stuck_condition(conditions: tuple[Condition, ...], stuck: list[Stuck], now: 
     return conditions
 
 
+def checkpoint_condition(conditions: tuple[Condition, ...], failing: Mapping[str, tuple[int, str]], limit: int,
+                         now: float) -> tuple[tuple[Condition, ...], str | None]:
+    """The CheckpointFailing condition from the savers whose saves fail (training goes on meanwhile), and why the
+    job must fail when one of them failed ``limit`` times in a row (no checkpoint protects it any more)."""
+    if not failing:
+        was = any(c.type == ConditionType.CHECKPOINT_FAILING and c.status == "True" for c in conditions)
+        if was:
+            conditions = set_condition(conditions, ConditionType.CHECKPOINT_FAILING, False, "CheckpointsSaving",
+                                       "every saver's last save succeeded", now)
+        return conditions, None
+    parts = [f"{_saver(name)}: {count} in a row ({message})" for name, (count, message) in sorted(failing.items())]
+    conditions = set_condition(conditions, ConditionType.CHECKPOINT_FAILING, True, "SaveFailed",
+                               "checkpoint saves fail, training goes on: " + "; ".join(parts), now)
+    worst_name, (worst, message) = max(failing.items(), key=lambda item: item[1][0])
+    if worst >= limit:
+        return conditions, (f"{_saver(worst_name)}: {worst} checkpoint saves in a row failed "
+                            f"(recovery.checkpoint.maxConsecutiveFailures {limit}): {message}")
+    return conditions, None
+
+
+def _saver(name: str) -> str:
+    return f"embedding-server-{name}" if name.isdigit() else name
+
+
 def _recent(times: tuple[float, ...], now: float, window: float) -> tuple[float, ...]:
     return tuple(t for t in times if now - t <= window)
 
@@ -435,11 +460,13 @@ def reconcile(
     mode: str = "partial",
     heard_since: float | None = None,
     hold: str | None = None,
+    checkpoint_failures: Mapping[str, tuple[int, str]] | None = None,
 ) -> Decision:
     """Decide what to do about one job. ``mode`` is the effective recovery mode: partial or full
     (the caller resolves ``auto`` with the tuning module's benefit test). ``heard_since``: since when the
     shell has read heartbeats without a gap (None: always); see ``_failure_of``. ``hold``: why the shell keeps
-    the job suspended besides ``runPolicy.suspend`` (a queue has not admitted it). The steps, in order: a
+    the job suspended besides ``runPolicy.suspend`` (a queue has not admitted it). ``checkpoint_failures``: each
+    saver whose last save failed, with its failures in a row and the error (None: unknown, Redis away). The steps, in order: a
     finished job only cleans up; all trainers done ends it; a suspended one has no pods; a fatal failure
     fails it; otherwise failures are replaced, lost deletes repeated, missing replicas created, and the
     phase follows."""
@@ -459,6 +486,12 @@ def reconcile(
                 if (f := _failure_of(rid, observed.get(rid), mem, spec, now, heard_since)) is not None]
     if (fatal := _fatal_decision(spec, observed, mem, failures, mode, now)) is not None:
         return fatal
+    if checkpoint_failures is not None:
+        conditions, give_up = checkpoint_condition(mem.conditions, checkpoint_failures,
+                                                   spec.recovery.checkpoint.max_consecutive_failures, now)
+        mem = dataclasses.replace(mem, conditions=conditions)
+        if give_up is not None:
+            return _failed(spec, observed, mem, ConditionType.CHECKPOINT_FAILING, give_up, now)
     stuck = stuck_replicas(spec, observed, mem, now)
     mem = dataclasses.replace(mem, conditions=stuck_condition(mem.conditions, stuck, now))
     if (violation := _run_policy_violation(spec, observed, mem, stuck, now)) is not None:

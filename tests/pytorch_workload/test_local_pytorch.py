@@ -4,9 +4,12 @@ script in place; every rank resumes from the newest complete checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,4 +105,68 @@ def test_a_worker_whose_script_fails_on_its_own_fails_its_pod_and_the_budget_fai
     failed = next(c for c in summary["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and "worker-1" in failed["message"]
     assert all(f["exit_code"] == 3 for f in summary["failures"])
+    assert toy_processes() == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real filesystem that fills up (ENOSPC), as a full volume does."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 1024)
+    return filler
+
+
+def test_full_checkpoint_storage_is_a_condition_while_training_goes_on_and_clears_when_saves_succeed(
+        redis_url: str, tmp_path: Path, small_disk: Path) -> None:
+    job = toy_job("toy-full", tmp_path / "steps", steps=600)
+    job.spec.recovery.checkpoint.storage = str(small_disk)
+    job.spec.recovery.checkpoint.max_consecutive_failures = 1000
+    filler = fill(small_disk)
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path / "run", redis_url=redis_url))
+    thread, out = run_in_thread(supervisor)
+
+    def failing() -> dict[str, Any] | None:
+        return next((c.to_wire() for c in supervisor.memory.conditions
+                     if c.type == "CheckpointFailing" and c.status == "True"), None)
+
+    wait_until(lambda: failing() is not None, 120, "the CheckpointFailing condition")
+    condition = failing()
+    assert condition is not None and "workers" in condition["message"]
+    assert "No space left on device" in condition["message"], condition["message"]
+    coord = Coordination(redis_url, job.namespace, job.name)
+    step_then = coord.step_progress().step  # type: ignore[union-attr]
+    wait_until(lambda: (p := coord.step_progress()) is not None and p.step > step_then + 20, 60,
+               "training going on with every save failing")
+    filler.unlink()  # space again: the next save succeeds
+    thread.join(240)
+    assert out["status"] == "Succeeded"
+    [cleared] = [c for c in out["conditions"] if c["type"] == "CheckpointFailing"]
+    assert (cleared["status"], cleared["reason"]) == ("False", "CheckpointsSaving")
+    assert out["checkpoint"]["saves"] >= 1 and any(small_disk.glob("toy-full/step-*"))
+
+
+def test_checkpoint_saves_failing_max_consecutive_failures_times_fail_the_job(
+        redis_url: str, tmp_path: Path, small_disk: Path) -> None:
+    job = toy_job("toy-full-fail", tmp_path / "steps", steps=100_000)
+    job.spec.recovery.checkpoint.storage = str(small_disk)
+    job.spec.recovery.checkpoint.max_consecutive_failures = 3
+    fill(small_disk)
+    summary = LocalSupervisor(job, RunOptions(workdir=tmp_path / "run", redis_url=redis_url)).run()
+    assert summary["status"] == "Failed"
+    failed = next(c for c in summary["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "CheckpointFailing"
+    assert "3 checkpoint saves in a row failed" in failed["message"] and "No space" in failed["message"]
+    assert summary["step"] > 0 and summary["failures"] == []  # no replica failed: its storage did
     assert toy_processes() == []

@@ -180,7 +180,8 @@ def run_sync_server(renv: ReplicaEnv) -> int:
             service.state.center = dense.flat
         log.info("sync-server: dense checkpoint %s", (dense.id if dense else None) or "none (initial)")
     saver = sync_server.DenseCheckpointer(service, store, checkpoint.tuned_interval(
-        spec.recovery.checkpoint, coord), lambda: coord.total_samples(trainers), periodic=_in_full_mode(coord)).start()
+        spec.recovery.checkpoint, coord), lambda: coord.total_samples(trainers), periodic=_in_full_mode(coord),
+        on_result=lambda error: coord.set_checkpoint_error(renv.name, None if error is None else str(error))).start()
 
     def save_round(round_id: int, cursor: int) -> None:
         with service.state.lock:

@@ -60,9 +60,11 @@ class DenseCheckpointer(threading.Thread):
     """Saves the central copy at the checkpoint interval: full recovery rolls it back to this."""
 
     def __init__(self, service: SyncService, root: Path | str | CheckpointStore, interval: Callable[[], float],
-                 progress: Callable[[], int], periodic: Callable[[], bool] = lambda: True) -> None:
+                 progress: Callable[[], int], periodic: Callable[[], bool] = lambda: True,
+                 on_result: Callable[[Exception | None], None] = lambda error: None) -> None:
         super().__init__(name="dense-checkpoint", daemon=True)
         self.service, self.root, self.interval, self.progress = service, root, interval, progress
+        self.on_result = on_result  # each save's outcome (None: saved), for the job's CheckpointFailing condition
         self.periodic = periodic  # False while checkpoint rounds own the saves (full recovery)
         self.stopped = threading.Event()
 
@@ -85,6 +87,15 @@ class DenseCheckpointer(threading.Thread):
                 save_dense(self.root, center, self.progress())
             except Exception as exc:  # storage trouble must not stop the sync server
                 log.error("dense checkpoint failed: %s", exc)
+                self._report(exc)
+            else:
+                self._report(None)
+
+    def _report(self, error: Exception | None) -> None:
+        try:
+            self.on_result(error)
+        except Exception as exc:  # Redis away: the next save reports again
+            log.warning("checkpoint outcome not recorded: %s", exc)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -19,12 +19,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from trainingjob_torch import decisions
 from trainingjob_torch.runtime import Context
 
 log = logging.getLogger("trainingjob.torch")
+
+SAVER = "workers"  # the job's distributed save, as the CheckpointFailing condition names it
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    for line in text.splitlines():
+        if "Errno" in line or "No space" in line:
+            return line.strip()[:300]
+    return text.splitlines()[0][:300]
 
 
 class Checkpointer:
@@ -37,6 +48,7 @@ class Checkpointer:
         self.last_save = time.monotonic()  # the first interval counts from the start (or the resume)
         self.last_saved_step = -1
         self.saves = 0
+        self.failures = 0  # saves failed in a row
 
     # --- loading ------------------------------------------------------------------------------
     def newest(self) -> tuple[Path, int] | None:
@@ -96,9 +108,27 @@ class Checkpointer:
 
     def maybe_save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    extra: dict[str, Any] | None = None) -> bool:
+        """Save when due; a save that fails (storage full, unwritable) is reported and training goes on: the job's
+        CheckpointFailing condition says so, and ``maxConsecutiveFailures`` failures in a row fail the job."""
         if not self.due(step):
             return False
-        self.save(step, model, optimizer, extra)
+        try:
+            self.save(step, model, optimizer, extra)
+        except (Exception, CheckpointException) as error:  # every rank gets DCP's CheckpointException (a
+            # BaseException): all carry on together
+            self.last_save = time.monotonic()  # the next attempt one interval later, not at every step
+            self.failures += 1
+            why = _first_line(error)
+            log.error("checkpoint at step %d failed, training goes on: %s", step, why)
+            if self.ctx.is_main:
+                shutil.rmtree(self.directory / decisions.staging_name(step, self.ctx.generation), ignore_errors=True)
+                if self.ctx.coord is not None:
+                    self.ctx._redis(lambda: self.ctx.coord.set_checkpoint_error(  # type: ignore[union-attr]
+                        SAVER, why))
+            return False
+        if self.ctx.is_main and self.ctx.coord is not None and self.failures:
+            self.ctx._redis(lambda: self.ctx.coord.set_checkpoint_error(SAVER, None))  # type: ignore[union-attr]
+        self.failures = 0
         return True
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -375,6 +375,10 @@ class CheckpointSpec(ApiModel):
     hot_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="MFU: share of rows saved, hottest first.")
     sample_fraction: float = Field(default=0.25, gt=0.0, le=1.0, description="SSU: share of accessed rows sampled.")
     full_every: int = Field(default=4, ge=1, description="MFU/SSU: every this many saves is a full save.")
+    max_consecutive_failures: int = Field(
+        default=10, ge=1, le=10_000, description="A replica whose checkpoint saves fail this many times in a row "
+        "(storage full, unwritable, unreachable) fails the job (CheckpointFailing); before that training goes on "
+        "and the CheckpointFailing condition says which saves fail and why.")
     storage: str | None = Field(
         default=None, description="Local runs: checkpoint directory, default runs/<job>/checkpoints. "
         "'pvc:<claim>' is the short form of volume {kind: sharedClaim, claimName: <claim>}; 's3://<bucket>/<prefix>' "

@@ -218,6 +218,7 @@ class JobCoordinator:
         self.heartbeats: HeartbeatSnapshot | None = None
         self.heard_since: float | None = None  # since when heartbeat reads succeeded without a gap
         self.view: RedisView | None = None
+        self.checkpoint_failures: dict[str, tuple[int, str]] | None = None  # None: not read (Redis away)
         self.plan: tuning.IntervalDecision | None = None
         self.rollback: RollbackPoint | None = None  # full recovery: where replaced trainers resume
         self._tuning: asyncio.Task[None] | None = None
@@ -378,7 +379,8 @@ class JobCoordinator:
         observed = self._observe(now)
         hold = self.admission.reason if self.admission is not None and not self.admission.admitted else None
         decision = reconcile(self.job.spec, observed, self.memory, now, self.effective_mode(),
-                             heard_since=self.heard_since if self.heard_since is not None else now, hold=hold)
+                             heard_since=self.heard_since if self.heard_since is not None else now, hold=hold,
+                             checkpoint_failures=self.checkpoint_failures)
         self.memory = await self._apply(decision, observed)
         if self.memory.phase.finished:
             await self._finish_workload(now)
@@ -622,6 +624,7 @@ class JobCoordinator:
         await self._follow_admission()
         spec = self.job.spec
         self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))
+        self.checkpoint_failures = await self._redis(lambda c: c.checkpoint_health())
         # Silence counts from the first read after a gap (the coordinator's start, or Redis coming back).
         if self.heartbeats is None:
             self.heard_since = None

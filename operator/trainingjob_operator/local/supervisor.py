@@ -290,8 +290,13 @@ class LocalSupervisor:
         observed = self.observe()
         self.note_recoveries(observed, elapsed)
         self.replan(elapsed)
+        failing = None
+        if self.heard_since is not None:  # Redis answered this tick
+            with contextlib.suppress(redis.RedisError):
+                failing = self.coord.checkpoint_health()  # type: ignore[union-attr]
         decision = reconcile(self.spec, observed, self.memory, now, self.mode,
-                             heard_since=self.heard_since if self.heard_since is not None else now)
+                             heard_since=self.heard_since if self.heard_since is not None else now,
+                             checkpoint_failures=failing)
         self.memory = decision.memory
         self.apply(decision.actions, now)
         # A replica that exited on its own and is being replaced needs no grace period.
