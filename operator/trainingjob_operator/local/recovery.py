@@ -60,7 +60,9 @@ class RecoveryTracker:
     def note_interval(self, elapsed_s: float, decision: IntervalDecision) -> None:
         self.last_decision = decision
         last = self.intervals[-1] if self.intervals else None
-        if last is None or abs(last.interval_s - decision.interval_s) > 1e-6 or last.mode != decision.mode_chosen:
+        # A change of 1% or more (the exposure alone moves the plan a little at every re-plan: not news).
+        if last is None or abs(last.interval_s - decision.interval_s) >= 0.01 * last.interval_s \
+                or last.mode != decision.mode_chosen:
             self.intervals.append(IntervalChange(round(elapsed_s, 3), decision.interval_s, decision.mode_chosen,
                                                  decision.reason))
 
