@@ -466,10 +466,10 @@ def reconcile(
     (the caller resolves ``auto`` with the tuning module's benefit test). ``heard_since``: since when the
     shell has read heartbeats without a gap (None: always); see ``_failure_of``. ``hold``: why the shell keeps
     the job suspended besides ``runPolicy.suspend`` (a queue has not admitted it). ``checkpoint_failures``: each
-    saver whose last save failed, with its failures in a row and the error (None: unknown, Redis away). The steps, in order: a
-    finished job only cleans up; all trainers done ends it; a suspended one has no pods; a fatal failure
-    fails it; otherwise failures are replaced, lost deletes repeated, missing replicas created, and the
-    phase follows."""
+    saver whose last save failed, with its failures in a row and the error (None: unknown, Redis away). The
+    steps, in order: a finished job only cleans up; all trainers done ends it; a suspended one has no pods; a
+    fatal failure or checkpoints failing too long fail it; otherwise failures are replaced, lost deletes
+    repeated, missing replicas created, and the phase follows."""
     mem = memory if memory.start_time is not None else dataclasses.replace(memory, start_time=now)
     if mem.phase.finished:
         # Nothing is restarted after the end; only leftovers are cleaned up.
