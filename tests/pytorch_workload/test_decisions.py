@@ -6,8 +6,6 @@ import math
 from typing import Any
 
 import pytest
-from trainingjob_torch import decisions
-from trainingjob_torch.decisions import LocalState, Next
 
 from trainingjob_operator.api.loading import ManifestError, parse_manifest
 from trainingjob_operator.api.spec import Role, TrainingJobSpec
@@ -26,6 +24,8 @@ from trainingjob_operator.reconcile import (
     reconcile,
 )
 from trainingjob_operator.tuning import FailureObservation, daly_interval, plan_pytorch, young_interval
+from trainingjob_torch import decisions
+from trainingjob_torch.decisions import LocalState, Next
 
 W0, W1, W2 = (ReplicaId(Role.WORKER, r) for r in range(3))
 NOW = 10_000.0

@@ -9,8 +9,9 @@ import os
 import time
 
 import torch
-import trainingjob_torch as tj
 from torch.nn.parallel import DistributedDataParallel
+
+import trainingjob_torch as tj
 
 
 def main() -> None:

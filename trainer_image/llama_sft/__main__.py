@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import trainingjob_torch as tj
 from torch.nn.parallel import DistributedDataParallel
 
+import trainingjob_torch as tj
 from llama_sft.config import TrainConfig
 from llama_sft.data import IGNORE_INDEX, Tokenizer, train_batch
 from llama_sft.evaluate import evaluate_both
