@@ -137,11 +137,15 @@ def main() -> None:
     loss_gap = abs(killed["result"]["final_loss"] - clean["result"]["final_loss"]) / clean["result"]["final_loss"]
     print(f"\n{'run':<12} {'status':<10} {'wall':>7} {'final loss':>11} {'thinking on':>12} {'off':>6} "
           f"{'untrained on/off':>17} {'failures':>9}")
+    def num(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for label, s in (("no failures", clean), ("3 kills", killed)):
-        r = s["result"]
-        print(f"{label:<12} {s['status']:<10} {s['wall_seconds']:>6.1f}s {r['final_loss']:>11.4f} "
-              f"{r['thinking_on']:>12.3f} {r['thinking_off']:>6.3f} "
-              f"{r['untrained_thinking_on']:>8.3f}/{r['untrained_thinking_off']:.3f} {len(s['failures']):>9}")
+        r = s.get("result") or {}
+        print(f"{label:<12} {s['status']:<10} {s['wall_seconds']:>6.1f}s {num(r.get('final_loss'), '>11.4f')} "
+              f"{num(r.get('thinking_on'), '>12.3f')} {num(r.get('thinking_off'), '>6.3f')} "
+              f"{num(r.get('untrained_thinking_on'), '>8.3f')}/{num(r.get('untrained_thinking_off'), '.3f')} "
+              f"{len(s['failures']):>9}")
     print(f"final loss gap: {100 * loss_gap:.3f}% (goal <= 2%)")
     print(f"\n{'failure':<10} {'interval':>9} {'lost steps':>11} {'lost s':>8} {'restart s':>10} "
           f"{'<= interval+restart':>20}")

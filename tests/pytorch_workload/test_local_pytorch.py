@@ -170,3 +170,37 @@ def test_checkpoint_saves_failing_max_consecutive_failures_times_fail_the_job(
     assert "3 checkpoint saves in a row failed" in failed["message"] and "No space" in failed["message"]
     assert summary["step"] > 0 and summary["failures"] == []  # no replica failed: its storage did
     assert toy_processes() == []
+
+
+def test_the_llama_sft_example_replays_exactly_after_a_kill(redis_url: str, tmp_path: Path) -> None:
+    """The real example script (AdamW state, DCP, the untrained accuracy carried in the checkpoint): a run with a
+    worker killed after a checkpoint ends with the failure-free run's loss, since a step's data and learning rate
+    are functions of the step alone."""
+    from trainingjob_operator.api.loading import load_manifest
+
+    def sft(name: str) -> TrainingJob:
+        job = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "llama-sft-local.yaml")
+        job.metadata.name = name
+        assert job.spec.pytorch is not None
+        job.spec.pytorch.command += ["--steps", "60", "--eval-problems", "10"]
+        job.spec.recovery.checkpoint.interval_seconds = 1.0
+        return job
+
+    clean = LocalSupervisor(sft("sft-clean"), RunOptions(workdir=tmp_path / "clean", redis_url=redis_url)).run()
+    job = sft("sft-kill")
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path / "kill", redis_url=redis_url))
+    thread, out = run_in_thread(supervisor)
+    coord = Coordination(redis_url, job.namespace, job.name)
+    wait_until(lambda: len(coord.checkpoints()) >= 1 and (p := coord.step_progress()) is not None and p.step >= 25,
+               180, "a checkpoint and 25 steps")
+    os.kill(supervisor.processes["worker-1"].pid, signal.SIGKILL)
+    thread.join(300)
+    assert clean["status"] == out["status"] == "Succeeded"
+    assert len(out["failures"]) == 1 and out["restarts_in_place"] == 1
+    [recovery] = out["recoveries"]
+    assert recovery["resumed_from_step"] >= 1
+    # The last step's global loss: the same step on the same weights and data (final_loss averages the steps of
+    # the last generation only, fewer after a late restart).
+    assert out["result"]["last_loss"] == pytest.approx(clean["result"]["last_loss"], rel=1e-4)
+    assert out["result"]["untrained_thinking_on"] == clean["result"]["untrained_thinking_on"]  # carried over
+    assert {"thinking_on", "thinking_off"} <= set(out["result"])

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.step_delay:
             time.sleep(args.step_delay)
     result: dict[str, Any] = {"steps": step, "final_loss": sum(losses) / len(losses) if losses else None,
+                              "last_loss": losses[-1] if losses else None,
                               "world_size": ctx.world_size, "train_seconds": round(time.monotonic() - started, 2)}
     if ctx.is_main:
         trained_acc = evaluate_both(model, config.eval_problems, config.eval_seed, config.task)

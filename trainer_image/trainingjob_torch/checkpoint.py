@@ -9,6 +9,7 @@ save cost the training loop (the tuner's ``o_save``) and keeps the newest ``keep
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -61,7 +62,8 @@ class Checkpointer:
     def load_latest(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     extra: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Load the newest complete checkpoint into ``model`` (and ``optimizer``) on every rank; returns its step
-        and its ``extra`` values (0 and ``extra`` unchanged when there is none). Every rank sees the same
+        and the ``extra`` values saved with it over the defaults given here (0 and ``extra`` when there is
+        none). Every rank sees the same
         directory (a shared volume), so every rank picks the same checkpoint."""
         found = self.newest()
         self._barrier()
@@ -73,7 +75,9 @@ class Checkpointer:
         started = time.monotonic()
         model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (
             get_state_dict(model, [])[0], None)
-        state: dict[str, Any] = {"model": model_sd, "extra": {"step": step, **extra}}
+        # ``extra`` travels as one JSON string: DCP loads only the keys its template names, and a script's
+        # template cannot know what nested values an earlier incarnation saved.
+        state: dict[str, Any] = {"model": model_sd, "extra": {"step": step, "json": ""}}
         if optim_sd is not None:
             state["optimizer"] = optim_sd
         dcp.load(state, checkpoint_id=str(path))
@@ -89,9 +93,8 @@ class Checkpointer:
             log.info("loaded %s (step %d) in %.2fs", path.name, step, seconds)
             if self.ctx.coord is not None:
                 self.ctx._redis(lambda: self.ctx.coord.record_cost("pt_load", seconds))  # type: ignore[union-attr]
-        loaded = dict(state["extra"])
-        loaded.pop("step", None)
-        return step, loaded
+        saved = state["extra"].get("json") or "{}"
+        return step, {**extra, **json.loads(saved)}
 
     # --- saving -------------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -133,6 +136,8 @@ class Checkpointer:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
              extra: dict[str, Any] | None = None) -> Path:
+        """Save now (every rank calls it). ``extra``: JSON-serialisable values to restore with the model (a data
+        position, an evaluation)."""
         started = time.monotonic()
         staging = self.directory / decisions.staging_name(step, self.ctx.generation)
         final = self.directory / decisions.checkpoint_name(step)
@@ -145,7 +150,7 @@ class Checkpointer:
             state: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
         else:
             state = {"model": get_state_dict(model, [])[0]}
-        state["extra"] = {"step": step, **(extra or {})}
+        state["extra"] = {"step": step, "json": json.dumps(extra or {})}
         dcp.save(state, checkpoint_id=str(staging))
         self._barrier()  # every rank's files are written
         if self.ctx.is_main:
