@@ -89,10 +89,10 @@ def run(name: str, redis_url: str, workdir: Path, kill_at: list[int], steps: int
     return out
 
 
-def failure_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per failure: the interval in force, steps and seconds lost, the restart."""
+def failure_rows(summary: dict[str, Any], step_s: float | None) -> list[dict[str, Any]]:
+    """Per failure: the interval in force, steps and seconds lost (at ``step_s``, the failure-free run's time per
+    step), the restart."""
     history = summary["checkpoint"]["interval_history"] or []
-    step_s = summary["result"]["train_seconds"] / summary["result"]["steps"] if summary.get("result") else None
     rows = []
     for failure, recovery in zip(summary["failures"], summary["recoveries"], strict=False):
         at = failure["time_s"]
@@ -133,7 +133,9 @@ def main() -> None:
         killed = run("sft-killed", redis_url, work, kill_at, args.steps)
         sim = simulate(work / "sft-killed.summary.json", args.mtbf_per_node, args.sim_days, args.sim_seeds,
                        args.out.parent / "pytorch_sft_sim")
-    rows = failure_rows(killed)
+    clean_result = clean.get("result") or {}
+    step_s = clean_result["train_seconds"] / clean_result["steps"] if clean_result.get("steps") else None
+    rows = failure_rows(killed, step_s)
     loss_gap = abs(killed["result"]["final_loss"] - clean["result"]["final_loss"]) / clean["result"]["final_loss"]
     print(f"\n{'run':<12} {'status':<10} {'wall':>7} {'final loss':>11} {'thinking on':>12} {'off':>6} "
           f"{'untrained on/off':>17} {'failures':>9}")
