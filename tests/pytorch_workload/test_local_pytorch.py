@@ -57,10 +57,11 @@ def toy_processes() -> list[psutil.Process]:
     return out
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync-saves", "async-saves"])
 def test_a_killed_worker_is_replaced_alone_and_every_rank_resumes_from_the_newest_checkpoint(
-        redis_url: str, tmp_path: Path) -> None:
+        redis_url: str, tmp_path: Path, asynchronous: bool) -> None:
     log = tmp_path / "steps"
-    job = toy_job("toy-kill", log)
+    job = toy_job(f"toy-kill-{int(asynchronous)}", log, TOY_ASYNC=str(int(asynchronous)))
     supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path / "run", redis_url=redis_url))
     thread, out = run_in_thread(supervisor)
     coord = Coordination(redis_url, job.namespace, job.name)
@@ -90,6 +91,11 @@ def test_a_killed_worker_is_replaced_alone_and_every_rank_resumes_from_the_newes
     assert restart["resumed_from_step"] == resumed and restart["resume_seconds"] > 0
     assert summary["restarts_in_place"] == 1 and summary["checkpoint"]["saves"] >= 3
     assert summary["checkpoint"]["o_save_s_median"] > 0
+    coord_log = coord.checkpoints()
+    assert coord_log and all(entry["asynchronous"] is asynchronous for entry in coord_log)
+    # An asynchronous save blocks training only while it stages: less than it takes to write.
+    assert all((entry["seconds"] < entry["write_seconds"]) is asynchronous for entry in coord_log if
+               entry["write_seconds"] > 0.005)
     assert toy_processes() == []  # no script process outlived the job
 
 

@@ -22,7 +22,7 @@ def main() -> None:
     model = torch.nn.Linear(8, 1)
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    ckpt = tj.Checkpointer(ctx)
+    ckpt = tj.Checkpointer(ctx, asynchronous=os.environ.get("TOY_ASYNC") == "1")
     step, _ = ckpt.load_latest(model, optimizer, extra={"seen": 0})
     true_w = torch.arange(8, dtype=torch.float32) / 8
     log_path = os.environ.get("TOY_LOG")

@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="intra-op threads per process")
     parser.add_argument("--step-delay", type=float, default=float(os.environ.get("LLAMA_SFT_STEP_DELAY", "0")),
                         help="sleep this long after each step (benchmarks: a slower job to inject failures into)")
+    parser.add_argument("--async-checkpoints", action="store_true",
+                        help="write checkpoints in the background (DCP async_save): training waits only for staging")
     args = parser.parse_args(argv)
     for name in ("steps", "global_batch_size", "eval_problems", "threads"):
         if getattr(args, name) < 1:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     model.to(ctx.device)
     ddp = DistributedDataParallel(model) if ctx.distributed else model
     optimizer = config.optimizer(model)
-    ckpt = tj.Checkpointer(ctx)
+    ckpt = tj.Checkpointer(ctx, asynchronous=args.async_checkpoints)
     step, extra = ckpt.load_latest(model, optimizer, extra={"untrained": {}})
     untrained: dict[str, float] = dict(extra.get("untrained") or {})
     if step == 0 and ctx.is_main:

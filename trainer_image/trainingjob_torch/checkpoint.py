@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from trainingjob_torch import decisions
 from trainingjob_torch.runtime import Context
@@ -39,9 +42,31 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+@dataclass
+class _Pending:
+    """A save whose files are being written."""
+
+    step: int
+    staging: Path
+    final: Path
+    started: float
+    blocked_s: float | None  # how long the training loop waited for it (None: all of it, a synchronous save)
+    future: Future[Any] | None
+
+
 class Checkpointer:
-    def __init__(self, ctx: Context, directory: str | os.PathLike[str] | None = None, keep: int = 2) -> None:
+    """``asynchronous``: stage the state in host memory and write it in the background (DCP's ``async_save``) so
+    training goes on while it is written: what helps when a save takes long against a step (large models,
+    slow storage). The tuner then counts only the staging as a save's cost."""
+
+    def __init__(self, ctx: Context, directory: str | os.PathLike[str] | None = None, keep: int = 2,
+                 asynchronous: bool = False) -> None:
         self.ctx = ctx
+        self.asynchronous = asynchronous
+        self.pending: _Pending | None = None
+        # DCP's background save coordinates the ranks on a group of its own (gloo), apart from the training one.
+        self._async_group = dist.new_group(backend="gloo") if asynchronous and ctx.distributed else None
+        ctx.closers.append(self.close)
         job = os.environ.get("TJ_JOB")
         base = Path(directory) if directory is not None else Path(ctx.checkpoint_dir)
         self.directory = base / job if directory is None and job else base
@@ -99,9 +124,9 @@ class Checkpointer:
     # --- saving -------------------------------------------------------------------------------
     def due(self, step: int) -> bool:
         """Whether to save now: rank 0 decides from the interval, every rank follows (one tiny broadcast)."""
-        decision = decisions.save_due(now=time.monotonic(), last_save=self.last_save,
-                                      interval_s=self.ctx.interval_s(), step=step,
-                                      last_saved_step=self.last_saved_step) if self.ctx.is_main else False
+        decision = self.ctx.is_main and self.pending is None and decisions.save_due(
+            now=time.monotonic(), last_save=self.last_save, interval_s=self.ctx.interval_s(), step=step,
+            last_saved_step=self.last_saved_step)
         if self.ctx.distributed:
             flag = torch.tensor([1 if decision else 0], dtype=torch.int32,
                                 device=self.ctx.device if self.ctx.device.type == "cuda" else "cpu")
@@ -113,34 +138,44 @@ class Checkpointer:
                    extra: dict[str, Any] | None = None) -> bool:
         """Save when due; a save that fails (storage full, unwritable) is reported and training goes on: the job's
         CheckpointFailing condition says so, and ``maxConsecutiveFailures`` failures in a row fail the job."""
+        self._poll_pending()
         if not self.due(step):
             return False
         try:
             self.save(step, model, optimizer, extra)
         except (Exception, CheckpointException) as error:  # every rank gets DCP's CheckpointException (a
             # BaseException): all carry on together
-            self.last_save = time.monotonic()  # the next attempt one interval later, not at every step
-            self.failures += 1
-            why = _first_line(error)
-            log.error("checkpoint at step %d failed, training goes on: %s", step, why)
-            if self.ctx.is_main:
-                shutil.rmtree(self.directory / decisions.staging_name(step, self.ctx.generation), ignore_errors=True)
-                if self.ctx.coord is not None:
-                    self.ctx._redis(lambda: self.ctx.coord.set_checkpoint_error(  # type: ignore[union-attr]
-                        SAVER, why))
+            self._failed(step, error)
             return False
+        if not self.asynchronous:
+            self._succeeded()
+        return True
+
+    def _failed(self, step: int, error: BaseException) -> None:
+        self.last_save = time.monotonic()  # the next attempt one interval later, not at every step
+        self.failures += 1
+        why = _first_line(error)
+        log.error("checkpoint at step %d failed, training goes on: %s", step, why)
+        if self.ctx.is_main:
+            shutil.rmtree(self.directory / decisions.staging_name(step, self.ctx.generation), ignore_errors=True)
+            if self.ctx.coord is not None:
+                self.ctx._redis(lambda: self.ctx.coord.set_checkpoint_error(SAVER, why))  # type: ignore[union-attr]
+
+    def _succeeded(self) -> None:
         if self.ctx.is_main and self.ctx.coord is not None and self.failures:
             self.ctx._redis(lambda: self.ctx.coord.set_checkpoint_error(SAVER, None))  # type: ignore[union-attr]
         self.failures = 0
-        return True
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
              extra: dict[str, Any] | None = None) -> Path:
         """Save now (every rank calls it). ``extra``: JSON-serialisable values to restore with the model (a data
-        position, an evaluation)."""
+        position, an evaluation). Asynchronous: returns once the state is staged in host memory; the files are
+        written in the background and the checkpoint completes (renamed, logged) at a later call, or at
+        ``close``."""
         started = time.monotonic()
         staging = self.directory / decisions.staging_name(step, self.ctx.generation)
         final = self.directory / decisions.checkpoint_name(step)
+        self._wait_pending()  # one save at a time
         if self.ctx.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
@@ -151,29 +186,65 @@ class Checkpointer:
         else:
             state = {"model": get_state_dict(model, [])[0]}
         state["extra"] = {"step": step, "json": json.dumps(extra or {})}
+        if self.asynchronous:
+            response = dcp.async_save(state, checkpoint_id=str(staging), process_group=self._async_group)
+            future = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
+            self.pending = _Pending(step, staging, final, started, time.monotonic() - started, future)
+            self.last_save = time.monotonic()
+            return final
         dcp.save(state, checkpoint_id=str(staging))
         self._barrier()  # every rank's files are written
+        self._complete(_Pending(step, staging, final, started, None, None))
+        self._barrier()
+        return final
+
+    def close(self) -> None:
+        """Complete a save still being written (``ctx.finish`` calls it)."""
+        self._wait_pending()
+
+    def _poll_pending(self) -> None:
+        """Complete the asynchronous save once rank 0's part (which DCP finishes last, after every rank's) is
+        written; report a failed one."""
+        if self.pending is not None and self.pending.future is not None and self.pending.future.done():
+            self._wait_pending()
+
+    def _wait_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None or pending.future is None:
+            return
+        try:
+            pending.future.result()
+        except (Exception, CheckpointException) as error:
+            self._failed(pending.step, error)
+            return
+        self._complete(pending)
+        self._succeeded()
+
+    def _complete(self, pending: _Pending) -> None:
+        """Every rank's files are written: rank 0 gives the checkpoint its final name and logs what it cost."""
         if self.ctx.is_main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
+            if pending.final.exists():
+                shutil.rmtree(pending.final)
+            os.replace(pending.staging, pending.final)
             _fsync_dir(self.directory)
             for name in decisions.to_prune(os.listdir(self.directory), self.keep):
                 shutil.rmtree(self.directory / name, ignore_errors=True)
-        self._barrier()
-        seconds = time.monotonic() - started
-        self.last_save = time.monotonic()
-        self.last_saved_step = step
+        total = time.monotonic() - pending.started
+        # The training time a save costs (the tuner's o_save): all of a synchronous one, the staging of an
+        # asynchronous one (the write overlaps training).
+        blocked = total if pending.blocked_s is None else pending.blocked_s
+        if pending.future is None:
+            self.last_save = time.monotonic()
+        self.last_saved_step = pending.step
         self.saves += 1
         if self.ctx.is_main:
-            log.info("saved %s in %.3fs", final.name, seconds)
+            log.info("saved %s in %.3fs (training blocked %.3fs)", pending.final.name, total, blocked)
             coord = self.ctx.coord
             if coord is not None:
-                # The loop stood still for the whole save: all of it is training time lost (the tuner's o_save).
-                self.ctx._redis(lambda: coord.record_cost("pt_save", seconds))
-                self.ctx._redis(lambda: coord.log_checkpoint(kind="dcp", step=step, seconds=round(seconds, 4),
-                                                             time=time.time(), generation=self.ctx.generation))
-        return final
+                self.ctx._redis(lambda: coord.record_cost("pt_save", blocked))
+                self.ctx._redis(lambda: coord.log_checkpoint(
+                    kind="dcp", step=pending.step, seconds=round(blocked, 4), write_seconds=round(total, 4),
+                    asynchronous=pending.future is not None, time=time.time(), generation=self.ctx.generation))
 
     def _barrier(self) -> None:
         if self.ctx.distributed:

@@ -39,6 +39,7 @@ class Context:
     _window: list[tuple[float, int]] = field(default_factory=list)
     _reported_resume: bool = False
     _last: tuple[int, float | None, int | None] | None = None
+    closers: list[Any] = field(default_factory=list)  # what finish completes first (a save being written)
 
     @property
     def is_main(self) -> bool:
@@ -81,6 +82,8 @@ class Context:
 
     def finish(self, result: dict[str, Any] | None = None) -> None:
         """Rank 0 stores the script's result (the job's summary shows it); every rank leaves the group."""
+        for close in self.closers:
+            close()
         if self._last is not None:  # the last step, whenever the last report was
             step, loss, total = self._last
             self.report(step, loss=loss, tokens=0, total_steps=total, final=True)
