@@ -5,6 +5,8 @@ the trainers resume."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from trainingjob_operator.api.spec import RecoveryMode, TrainingJobSpec, Workload
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.core.recovery import (
@@ -15,7 +17,7 @@ from trainingjob_operator.core.recovery import (
     rollback_point,
     round_members,
 )
-from trainingjob_operator.reconcile import RecordFailure
+from trainingjob_operator.reconcile import CreateReason, CreateReplica, RecordFailure
 
 
 def write_failure(coord: Coordination, spec: TrainingJobSpec, action: RecordFailure,
@@ -40,3 +42,12 @@ def write_failure(coord: Coordination, spec: TrainingJobSpec, action: RecordFail
     # Published before any replacement starts: each server loads its part of this round, nothing newer.
     coord.set_restore_round(restore.to_wire() if restore is not None else None)
     return record, rollback_point(restore, spec.data.batch_size)
+
+
+def publish_resumed_generation(coord: Coordination, actions: Sequence[object]) -> None:
+    """A job resumed after a suspension runs one generation up (the core's ``_resumed``): published before its
+    replicas start, so a pytorch job's agents form a new world instead of rejoining the one they left (whose
+    rendezvous, fault reports and resume records belong to the old generation)."""
+    resumed = [a.generation for a in actions if isinstance(a, CreateReplica) and a.reason is CreateReason.RESUME]
+    if resumed and coord.generation() < max(resumed):
+        coord.set_generation(max(resumed))

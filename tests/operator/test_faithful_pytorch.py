@@ -77,3 +77,34 @@ async def test_a_killed_worker_pod_is_replaced_alone_and_the_survivor_restarts_i
     assert status["replicas"]["worker"]["restarts"] == 1
     logs = kubelet.log_path("pt-worker-0", uids["pt-worker-0"]).read_text()
     assert "restarting its processes in place" in logs
+
+
+async def test_a_suspended_pytorch_job_resumes_from_its_checkpoint_in_a_new_generation(
+        faithful: FaithfulCluster) -> None:
+    """Suspend deletes the worker pods (nothing counts as a failure); resume recreates them one generation up, so
+    they form a new world (not the one they left) and continue from the newest checkpoint, not from step 0."""
+    from tests.support.cluster import JOBS_URL
+
+    cluster, kubelet = faithful.cluster, faithful.kubelet
+    await cluster.create_job(pytorch_job("pts", steps=300))
+    coord = cluster.coordination("pts")
+    await eventually(lambda: len(coord.checkpoints()) >= 2 and (p := coord.step_progress()) is not None
+                     and p.step >= 40, timeout=180, what="40 steps and two checkpoints")
+
+    async def suspend(value: bool) -> None:
+        async with cluster.api.patch(f"{JOBS_URL}/pts", json={"spec": {"runPolicy": {"suspend": value}}},
+                                     headers={"Content-Type": "application/merge-patch+json"}) as response:
+            assert response.status < 300
+
+    await suspend(True)
+    await eventually(lambda: cluster.phase("pts") == "Suspended" and not cluster.pods("pts"), timeout=90,
+                     what="Suspended, every pod gone")
+    before = coord.generation()
+    await suspend(False)
+    await eventually(lambda: cluster.phase("pts") == "Succeeded", timeout=240, what="job Succeeded after resuming")
+    assert coord.failures() == [] and kubelet.probe_kills == []
+    assert sorted(kubelet.started) == ["pts-worker-0", "pts-worker-0", "pts-worker-1", "pts-worker-1"]
+    assert coord.generation() > before
+    after = [r for r in coord.resumes() if r["generation"] > before]
+    assert after and after[0]["resumed_from"] is not None and after[0]["resumed_from"] >= 1, coord.resumes()
+    assert cluster.status("pts")["progress"]["step"] == 300

@@ -46,11 +46,13 @@ def steps_log(log: Path, rank: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def toy_processes() -> list[psutil.Process]:
+def toy_processes(log: Path) -> list[psutil.Process]:
+    """This test's script processes still alive (its TOY_LOG tells them from another run's on the machine)."""
     out = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if str(TOY) in (proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+            if str(TOY) in (proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE \
+                    and proc.environ().get("TOY_LOG") == str(log):
                 out.append(proc)
         except psutil.Error:
             continue
@@ -96,7 +98,7 @@ def test_a_killed_worker_is_replaced_alone_and_every_rank_resumes_from_the_newes
     # An asynchronous save blocks training only while it stages: less than it takes to write.
     assert all((entry["seconds"] < entry["write_seconds"]) is asynchronous for entry in coord_log if
                entry["write_seconds"] > 0.005)
-    assert toy_processes() == []  # no script process outlived the job
+    assert toy_processes(log) == []  # no script process outlived the job
 
 
 def test_a_worker_whose_script_fails_on_its_own_fails_its_pod_and_the_budget_fails_the_job(
@@ -111,7 +113,7 @@ def test_a_worker_whose_script_fails_on_its_own_fails_its_pod_and_the_budget_fai
     failed = next(c for c in summary["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and "worker-1" in failed["message"]
     assert all(f["exit_code"] == 3 for f in summary["failures"])
-    assert toy_processes() == []
+    assert toy_processes(log) == []
 
 
 @pytest.fixture
@@ -175,7 +177,7 @@ def test_checkpoint_saves_failing_max_consecutive_failures_times_fail_the_job(
     assert failed["reason"] == "CheckpointFailing"
     assert "3 checkpoint saves in a row failed" in failed["message"] and "No space" in failed["message"]
     assert summary["step"] > 0 and summary["failures"] == []  # no replica failed: its storage did
-    assert toy_processes() == []
+    assert toy_processes(tmp_path / "steps") == []
 
 
 def test_the_llama_sft_example_replays_exactly_after_a_kill(redis_url: str, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from trainingjob_operator.api.spec import (
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination, grant_job_user, job_user
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, trainer_rollbacks
-from trainingjob_operator.failure_log import write_failure
+from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.k8s import kueue, resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.kube import Kube, KubeError, NotFound
@@ -441,6 +441,7 @@ class JobCoordinator:
                     c.set_trainer_cursor(rank, p.cursor, p.samples)
 
             await self._redis(roll_back)
+        await self._redis(lambda c: publish_resumed_generation(c, decision.actions))
         for action in decision.actions:
             if isinstance(action, CreateReplica):
                 memory = await self._create(action, memory)

@@ -26,7 +26,7 @@ from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination, Member, Progress, StepProgress, waiting_for
 from trainingjob_operator.core import accounting, contract
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, failure_record, trainer_rollbacks
-from trainingjob_operator.failure_log import write_failure
+from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.local.injection import Injection, due
 from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
 from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker
@@ -171,6 +171,8 @@ class LocalSupervisor:
         for action in actions:
             if isinstance(action, RecordFailure):
                 self.record_failure(action)
+        with self._redis_best_effort("resumed generation"):
+            publish_resumed_generation(self.coord, actions)
         for rank, point in trainer_rollbacks(actions, RecoveryMode(self.mode), self._rollback).items():
             with self._redis_best_effort("trainer rollback"):
                 self.coord.set_trainer_cursor(rank, point.cursor, point.samples)
