@@ -114,15 +114,15 @@ async def local_backend(redis_url: str, tmp_path: Path, monkeypatch: pytest.Monk
     real_spawn = supervisor_module.spawn
 
     def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = None,
-              standby: subprocess.Popen[bytes] | None = None) -> ReplicaProcess:
+              standby: subprocess.Popen[bytes] | None = None, module: str = "dlrm_trainer") -> ReplicaProcess:
         if (delay := delays.pop(name, 0.0)) <= 0:
-            return real_spawn(name, env, log_path, cwd, standby)
+            return real_spawn(name, env, log_path, cwd, standby, module)
         # The process exists but starts its program later: what a slow pod start looks like to a shell.
         if standby is not None:
             standby.kill()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
-            popen = subprocess.Popen(["sh", "-c", f'sleep {delay}; exec "$0" -m dlrm_trainer', sys.executable],
+            popen = subprocess.Popen(["sh", "-c", f'sleep {delay}; exec "$0" -m {module}', sys.executable],
                                      env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         return ReplicaProcess(name, popen, Incarnation(popen.pid, time.time()), log_path=log_path)
