@@ -212,3 +212,16 @@ def test_the_llama_sft_example_replays_exactly_after_a_kill(redis_url: str, tmp_
     assert out["result"]["last_loss"] == pytest.approx(clean["result"]["last_loss"], rel=1e-4)
     assert out["result"]["untrained_thinking_on"] == clean["result"]["untrained_thinking_on"]  # carried over
     assert {"thinking_on", "thinking_off"} <= set(out["result"])
+
+
+def test_a_command_missing_from_the_image_fails_the_job_at_once_naming_it(redis_url: str, tmp_path: Path) -> None:
+    job = toy_job("toy-missing", tmp_path / "steps")
+    assert job.spec.pytorch is not None
+    job.spec.pytorch.command = ["no-such-trainer", "--lr", "1"]
+    summary = LocalSupervisor(job, RunOptions(workdir=tmp_path / "run", redis_url=redis_url)).run()
+    assert summary["status"] == "Failed"
+    failed = next(c for c in summary["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PermanentError", failed
+    assert all(len(r["pids"]) == 1 for r in summary["replicas"])  # exit 78: nothing was restarted
+    logs = (tmp_path / "run" / "logs" / "worker-0.log").read_text()
+    assert "pytorch.command ['no-such-trainer', '--lr', '1'] cannot be started" in logs

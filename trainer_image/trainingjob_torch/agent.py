@@ -34,6 +34,7 @@ log = logging.getLogger("trainingjob.agent")
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: replaced by the coordinator; the same code the DLRM trainer uses
 EXIT_RENDEZVOUS = 76  # the peers never all joined within rendezvousTimeoutSeconds
+EXIT_PERMANENT = 78  # EX_CONFIG: the reconcile core fails the job at once (PermanentError)
 STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL for a generation's processes
 POLL_S = 0.1
 FAULT_SETTLE_S = 1.0  # how long the workers' fault reports may take to arrive before the first is judged
@@ -82,7 +83,12 @@ class Agent:
                 log.error("worker-%d: not every worker joined generation %d within %.0fs", self.rank, generation,
                           self.pt.rendezvous_timeout_seconds)
                 return EXIT_RENDEZVOUS
-            self._start(generation, master)
+            try:
+                self._start(generation, master)
+            except OSError as e:  # the command is not in the image: no restart can help
+                log.error("worker-%d: pytorch.command %s cannot be started: %s", self.rank, list(self.pt.command), e)
+                self._stop_processes()
+                return EXIT_PERMANENT
             outcome, code = self._watch(generation)
             if self.stopping.is_set():
                 # The pod is being deleted: its peers' scripts are about to fail in a collective with ours. Being
@@ -238,7 +244,7 @@ def main() -> None:
     spec = spec_from_json(env["TJ_SPEC"])
     if spec.pytorch is None:
         log.error("TJ_SPEC has no pytorch section: this agent runs workload pytorch only")
-        sys.exit(78)
+        sys.exit(EXIT_PERMANENT)
     coord = Coordination(env["TJ_REDIS_URL"], env.get("TJ_NAMESPACE", "default"), env["TJ_JOB"],
                          username=env.get("TJ_REDIS_USERNAME"), password=env.get("TJ_REDIS_PASSWORD"))
     agent = Agent(spec, coord, rank=int(env["TJ_RANK"]), instance=env.get("TJ_INSTANCE") or str(os.getpid()),
