@@ -57,7 +57,10 @@ def _expectation(error: dict[str, Any]) -> str:
     given = error.get("input")
     if error["type"] not in ("model_type",) and not isinstance(given, dict | list) and "got" not in msg:
         msg += f" (got {_shown(given)})"
-    return " ".join(msg.split()) if "\n" in msg or "\r" in msg else msg
+    msg = " ".join(msg.split()) if "\n" in msg or "\r" in msg else msg
+    # A validator's own message may quote the value whole: a huge one is cut, as _shown cuts it.
+    limit = 4 * _SHOWN_CHARS
+    return msg if len(msg) <= limit else f"{msg[:limit]}... ({len(msg)} characters)"
 
 
 def error_from_validation(exc: ValidationError, source: str | None = None) -> ManifestError:
