@@ -110,6 +110,12 @@ def grant_job_user(r: redis.Redis, namespace: str, job: str, password: str) -> N
                       f"~{key_prefix(namespace, job)}*", "resetchannels", "+@all", "-@admin", "-@dangerous")
 
 
+def job_user_exists(r: redis.Redis, namespace: str, job: str) -> bool:
+    """Whether Redis still knows the job's user: a Redis restarted without an ACL file forgets every user
+    (AOF keeps keys, not users), and the job's pods could no longer log in."""
+    return r.execute_command("ACL", "GETUSER", job_user(namespace, job)) is not None
+
+
 def revoke_job_user(r: redis.Redis, namespace: str, job: str) -> None:
     r.execute_command("ACL", "DELUSER", job_user(namespace, job))
 

@@ -47,7 +47,7 @@ from trainingjob_operator.api.spec import (
     frozen_change,
 )
 from trainingjob_operator.api.status import Phase, ProgressStatus
-from trainingjob_operator.coordination import Coordination, grant_job_user, job_user
+from trainingjob_operator.coordination import Coordination, grant_job_user, job_user, job_user_exists
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, trainer_rollbacks
 from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.k8s import kueue, resources
@@ -335,9 +335,17 @@ class JobCoordinator:
         await self._grant_redis_user()
 
     async def _grant_redis_user(self) -> None:
-        if self.redis_secret is None or self._redis_granted or self._redis_password is None:
+        if self.redis_secret is None or self._redis_password is None:
             return
         ns, job, password = self.job.namespace, self.job.name, self._redis_password
+        if self._redis_granted:
+            # One small read a tick: a Redis that restarted forgot the user, and every pod of the job would
+            # fail to log in (no heartbeats: all judged hung) until it is granted again.
+            exists = await self._redis(lambda c: job_user_exists(c.r, ns, job))
+            if exists is not False:
+                return  # still there, or Redis unreachable (asked again next tick)
+            self.log.warning("redis forgot the job's user (restarted without an ACL file?); granting it again")
+            self._redis_granted = False
         try:
             await self.ctx.in_thread(lambda: grant_job_user(self.coord.r, ns, job, password))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
