@@ -146,3 +146,27 @@ def test_redis_restart_mid_run_is_survived(tmp_path: Path) -> None:
         assert out["samples"] == job.spec.data.train_samples
     finally:
         redis.stop()
+
+
+def test_a_trainer_killed_while_evaluating_is_replaced_by_one_that_only_evaluates(
+        redis_url: str, tmp_path: Path) -> None:
+    """A trainer that has read its whole shard and dies in its final evaluation: its replacement resumes at the
+    end of the shard and evaluates; it does not train the shard again from batch 0."""
+    job = cpr_job(data__trainSamples=200_000, data__evalSamples=1_500_000)  # an evaluation that takes a while
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path, redis_url=redis_url))
+    thread, out = run_in_thread(supervisor)
+    coord = Coordination(redis_url, job.namespace, job.name)
+
+    def evaluating() -> bool:
+        progress = coord.progress(0)
+        return progress is not None and progress.done and coord.result(0) is None
+
+    wait_until(evaluating, 120, "trainer-0 done with its shard, evaluating")
+    os.kill(supervisor.processes["trainer-0"].pid, signal.SIGKILL)
+    thread.join(300)
+    assert out["status"] == "Succeeded"
+    assert out["restarts"]["trainer-0"] == 1
+    result = coord.result(0)
+    assert result is not None
+    assert result["trained_samples"] == 0  # the replacement trained nothing: the shard was done
+    assert out["samples"] == job.spec.data.train_samples  # every shard's samples counted once

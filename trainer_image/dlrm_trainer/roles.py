@@ -280,7 +280,17 @@ def run_trainer(renv: ReplicaEnv) -> int:
         raise ConfigError(f"data.path: {exc}") from None
     trainer = Trainer(spec, renv.rank, coord, source, emb_clients, sync_client, device)
     previous = coord.progress(renv.rank)
-    resumed = previous is not None and not previous.done
+    if previous is not None and previous.done and coord.result(renv.rank) is not None:
+        # Its predecessor finished and reported, then died on the way out: nothing is left to do.
+        log.info("trainer-%d: its predecessor already finished and reported its result", renv.rank)
+        heartbeat.stop()
+        for client in [*emb_clients, sync_client]:
+            client.close()
+        return 0
+    # A replacement resumes its predecessor's cursor, even one that had read its whole shard and died while
+    # evaluating: it then only evaluates (training the shard again from batch 0 counted its samples twice,
+    # and a trainer killed in every evaluation never finished).
+    resumed = previous is not None
     if resumed and previous is not None:
         # A replacement: resume this shard's cursor and start from the central dense copy.
         trainer.initialise_from_center()
