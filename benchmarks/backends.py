@@ -112,7 +112,9 @@ class Watcher(threading.Thread):
 
     def replacement_s(self, name: str, killed_at: float, instance: str) -> float | None:
         for at, who, new_instance, serving in self.changes:
-            if who == name and at >= killed_at and new_instance != instance and serving:
+            # The coordinator fences a failed instance as "fenced:<instance>": that is no replacement.
+            if who == name and at >= killed_at and new_instance != instance and serving \
+                    and not new_instance.startswith("fenced:"):
                 return round(at - killed_at, 3)
         return None
 
