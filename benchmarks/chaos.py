@@ -279,6 +279,8 @@ class RunRecord:
     orphans: list[str] = field(default_factory=list)
     final_status: dict[str, Any] = field(default_factory=dict)
     probe_kills: int = 0
+    pods_started: int = 0  # by the kubelet for this job: the first ones plus every replacement
+    replicas: int = 0
 
 
 def _newest_full(folder: Path) -> Path | None:
@@ -328,10 +330,11 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
     done: list[Done] = []
     restores: list[tuple[float, str, Any]] = []  # (monotonic due, what, data)
     origin: float | None = None
-    record = RunRecord(status="Timeout", wall_s=0.0, keys={})
+    record = RunRecord(status="Timeout", wall_s=0.0, keys={}, replicas=len(desired_replicas(job.spec)))
     failing_was = False
     shown_at = 0.0
     probe_kills_before = len(h.kubelet.probe_kills)
+    started_before = len(h.kubelet.started)
 
     def kill_replica(event: Event, sig: int) -> Done:
         pod = f"{job.name}-{event.target}"
@@ -436,6 +439,7 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
     record.final_status = h.status(job.name)
     record.keys = read_job(coord, job)
     record.probe_kills = len(h.kubelet.probe_kills) - probe_kills_before
+    record.pods_started = len(h.kubelet.started) - started_before
     for d in done:
         if d.kind in ("kill", "hang", "corrupt") and not d.skipped:
             deleted = h.operator_deleted(f"{job.name}-{d.target}", d.killed_at)
@@ -506,6 +510,8 @@ def summarize(chaos: RunRecord, baseline: RunRecord | None, plan: ChaosPlan) -> 
         "checkpoint_failing_seen": chaos.checkpoint_failing_seen,
         "checkpoint_failing_cleared": chaos.checkpoint_failing_cleared,
         "job_failures_recorded": len(keys["failures"]), "probe_kills": chaos.probe_kills,
+        # A replacement per replica failure and no more: killing Redis or the operator replaced no pod.
+        "pods_started": chaos.pods_started, "pods_expected": chaos.replicas + replica_failures,
         "orphans": chaos.orphans, "plan": asdict(plan),
         "events": [asdict(d) for d in chaos.done],
     }
@@ -529,6 +535,8 @@ def print_table(s: dict[str, Any]) -> None:
           f"{s['corruptions_fallen_back_from']} fallen back from, {s['corrupt_checkpoints_loaded']} loaded; "
           f"CheckpointFailing shown {s['checkpoint_failing_seen']}x, cleared {s['checkpoint_failing_cleared']}x; "
           f"probe kills {s['probe_kills']}; processes of the job left: {len(s['orphans'])}")
+    print(f"pods started {s['pods_started']} for {s['pods_expected']} expected (the first ones and one replacement "
+          "per replica failure)")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -63,6 +63,8 @@ def test_a_job_survives_chaos_on_the_kubernetes_path(tmp_path: Path) -> None:
     assert len(replaced) >= 10
     assert all(e["recovered_s"] is not None for e in replaced), replaced
     assert all(e["detected_s"] is not None for e in replaced), replaced
+    # ... and nothing else was replaced: the pods never noticed Redis or the operator going away.
+    assert s["pods_started"] <= s["pods_expected"]
     # The corrupted checkpoint was found and passed over, never loaded.
     assert len(s["corruptions"]) == 1
     assert s["corruptions_fallen_back_from"] == 1 and s["corrupt_checkpoints_loaded"] == 0
