@@ -22,7 +22,8 @@ ended (must be 0). Writes ``benchmarks/results/chaos.json`` (or ``--out``).
 
 Needs root (network namespaces), as the project's tests do. ``--short`` is the version ``make test`` runs.
 
-Usage: python benchmarks/chaos.py [--minutes 12] [--mtbf-s 30] [--redis-kills 10] [--operator-kills 10]
+Usage: python benchmarks/chaos.py [--minutes 14] [--mtbf-s 30] [--redis-kills 10] [--operator-kills 10]
+       [--trainers 3 --servers 3] [--samples N (default: sized to outlast the window)] [--stop-at 0.99]
 """
 
 from __future__ import annotations
@@ -107,8 +108,12 @@ def schedule(plan: ChaosPlan, replicas: list[str], shards: int) -> list[Event]:
             at += rng.expovariate(1.0 / plan.mtbf_s)
 
     def spread(count: int, offset: float, kind: str, targets: list[str]) -> None:
+        # Evenly spaced, shifted by a few seconds per kind so that two kinds never coincide (10 Redis kills
+        # and 2 storage faults over an hour would otherwise meet at 30 minutes).
+        shift = 1.5 * ["redis", "operator", "corrupt", "unwritable"].index(kind)
         for i in range(count):
-            events.append(Event(round(plan.window_s * (i + offset) / count, 3), kind, targets[i % len(targets)]))
+            at = min(plan.window_s * (i + offset) / count + shift, plan.window_s * 0.999)
+            events.append(Event(round(at, 3), kind, targets[i % len(targets)]))
 
     servers = [f"{Role.EMBEDDING_SERVER.value}-{k}" for k in range(shards)]
     spread(plan.redis_kills, 0.5, "redis", [""])
@@ -389,7 +394,7 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
                     if entry is None:
                         done.append(Done("corrupt", event.target, event.at_s, now, skipped="no checkpoint yet"))
                         continue
-                    record.corrupted.append({"replica": event.target, "entry": entry})
+                    record.corrupted.append({"replica": event.target, "entry": entry, "at_unix": time.time()})
                     d = kill_replica(Event(event.at_s, "kill", event.target), signal.SIGKILL)
                     d.kind, d.note = "corrupt", entry
                     done.append(d)
@@ -487,11 +492,16 @@ def summarize(chaos: RunRecord, baseline: RunRecord | None, plan: ChaosPlan) -> 
              for k, v in sorted(by_target.items())}
     descriptions = [str(r.get("description", "")) for recs in keys["recoveries"].values() for r in recs.values()]
     corrupt_found = sum(len(re.findall(r"checkpoint \S+ corrupt", d)) for d in descriptions)
-    corrupt_entries = {c["entry"] for c in chaos.corrupted}
-    loaded_ids = [m for d in descriptions for m in re.findall(r"restored (\S+)", d)]
-    corrupt_loaded = sum(1 for i in loaded_ids if i in corrupt_entries)
+
+    def loads_after(c: dict[str, Any]) -> list[str]:
+        """What the shard's replacements restored once that checkpoint was corrupted (before, it was intact)."""
+        return [str(r.get("description", "")) for r in keys["recoveries"].get(c["replica"], {}).values()
+                if float(r.get("time", 0.0)) >= c["at_unix"]]
+
+    corrupt_loaded = sum(1 for c in chaos.corrupted for d in loads_after(c)
+                         if re.search(rf"restored {re.escape(c['entry'])}\b", d))
     fallen_back = sum(1 for c in chaos.corrupted
-                      if any(f"checkpoint {c['entry']} corrupt" in d for d in descriptions))
+                      if any(f"checkpoint {c['entry']} corrupt" in d for d in loads_after(c)))
     replica_failures = sum(1 for d in chaos.done if d.kind in ("kill", "hang", "corrupt") and not d.skipped)
     return {
         "status": chaos.status, "chaos_minutes": round(chaos.wall_s / 60.0, 2),
@@ -540,9 +550,6 @@ def print_table(s: dict[str, Any]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    body = chaos_manifest("chaos", args.samples, args.trainers, args.servers, seed=args.seed)
-    job = parse_manifest(body)
-    replicas = [rid.name for rid in desired_replicas(job.spec)]
     with contextlib.ExitStack() as stack:
         tmp = str(args.workdir) if args.workdir else \
             stack.enter_context(tempfile.TemporaryDirectory(prefix="tj-chaos-"))
@@ -551,7 +558,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         async with harness(Path(tmp), args.time_scale) as h:
             baseline = None
             window = args.minutes * 60.0
-            if args.baseline:
+            if args.samples <= 0:
+                # Sized so that even at the failure-free rate the job outlasts the window: every planned
+                # failure happens, however fast the job trains between them.
+                print("measuring the training rate (failure-free, 1M samples) ...", file=sys.stderr, flush=True)
+                warmup = await run_job(h, chaos_manifest("rate", 1_000_000, args.trainers, args.servers), [], None,
+                                       timeout_s=args.timeout_s)
+                rate = sum(float(r.get("samples_per_second", 0.0)) for r in warmup.keys["results"])
+                args.samples = int(rate * window * 1.15 / 100_000 + 1) * 100_000
+                print(f"  {rate:.0f} samples/s: the job trains {args.samples} samples", file=sys.stderr, flush=True)
+            body = chaos_manifest("chaos", args.samples, args.trainers, args.servers, seed=args.seed)
+            job = parse_manifest(body)
+            replicas = [rid.name for rid in desired_replicas(job.spec)]
+            if args.baseline and args.baseline_from is None:
                 print(f"failure-free run of {args.samples} samples ...", file=sys.stderr, flush=True)
                 base_body = chaos_manifest("baseline", args.samples, args.trainers, args.servers, seed=args.seed)
                 baseline = await run_job(h, base_body, [], None, timeout_s=args.timeout_s)
@@ -562,14 +581,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                              unwritable_s=args.unwritable_s, seed=args.seed)
             events = schedule(plan, replicas, job.spec.replicas.embedding_server.replicas)
             print(f"chaos run: {len(events)} failures planned over {window:.0f}s", file=sys.stderr, flush=True)
-            chaos = await run_job(h, body, events, plan, timeout_s=args.timeout_s)
-    return summarize(chaos, baseline, plan)
+            chaos = await run_job(h, body, events, plan, timeout_s=args.timeout_s, stop_at_fraction=args.stop_at)
+    summary = summarize(chaos, baseline, plan)
+    if args.baseline_from is not None:
+        earlier = json.loads(args.baseline_from.read_text())
+        if (earlier.get("samples"), earlier.get("plan", {}).get("seed")) != (summary["samples"], args.seed):
+            raise SystemExit(f"{args.baseline_from}: another job (samples, seed), its failure-free run is no baseline")
+        summary.update(auc_failure_free=earlier["auc_failure_free"], baseline_minutes=earlier["baseline_minutes"],
+                       baseline_from=str(args.baseline_from))
+        if summary["auc"] is not None and earlier["auc_failure_free"] is not None:
+            summary["auc_delta"] = round(summary["auc"] - earlier["auc_failure_free"], 5)
+    return summary
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=30_000_000, help="training samples of the job")
-    parser.add_argument("--minutes", type=float, default=12.0, help="window in which failures are drawn")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="training samples of the job (0: sized to outlast the window at the failure-free rate)")
+    parser.add_argument("--minutes", type=float, default=14.0, help="window in which failures are drawn")
     parser.add_argument("--mtbf-s", type=float, default=30.0, help="mean time between failures of each replica")
     parser.add_argument("--hang-fraction", type=float, default=0.1)
     parser.add_argument("--redis-kills", type=int, default=10)
@@ -577,23 +610,29 @@ def main() -> None:
     parser.add_argument("--corruptions", type=int, default=3)
     parser.add_argument("--unwritable", type=int, default=2)
     parser.add_argument("--unwritable-s", type=float, default=30.0)
-    parser.add_argument("--trainers", type=int, default=2)
-    parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument("--trainers", type=int, default=3)
+    parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-scale", type=float, default=1.0, help="probe and grace periods (1.0: real)")
     parser.add_argument("--timeout-s", type=float, default=3600.0)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument("--baseline-from", type=Path, default=None,
+                        help="a chaos JSON of the same job (samples, seed, replicas) whose failure-free run to reuse")
+    parser.add_argument("--stop-at", type=float, default=0.99,
+                        help="no failure once the job has trained this share of its samples")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the cluster's files (logs) here")
     parser.add_argument("--short", action="store_true", help="the version make test runs (about 2 minutes)")
     parser.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
     args = parser.parse_args()
     if args.short:
-        args.samples, args.minutes, args.mtbf_s = 3_000_000, 1.2, 20.0
+        args.samples, args.minutes, args.mtbf_s, args.trainers, args.servers = 3_000_000, 1.2, 20.0, 2, 2
         args.redis_kills, args.operator_kills, args.corruptions, args.unwritable = 2, 2, 1, 1
-        args.unwritable_s, args.hang_fraction, args.time_scale = 25.0, 0.15, 0.5
+        args.unwritable_s, args.hang_fraction, args.time_scale = 40.0, 0.15, 0.5
         args.timeout_s = min(args.timeout_s, 900.0)
     if os.geteuid() != 0:
         raise SystemExit("chaos runs pods in network namespaces: run as root (CI does)")
+    # SIGTERM (a timeout, Ctrl-C from a CI runner) unwinds like Ctrl-C: the kubelet then stops every pod.
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = asyncio.run(main_async(args))
     print_table(summary)
     args.out.parent.mkdir(parents=True, exist_ok=True)

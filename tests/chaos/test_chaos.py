@@ -22,6 +22,7 @@ def _chaos_module():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("chaos_harness", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
