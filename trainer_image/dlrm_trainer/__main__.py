@@ -43,5 +43,16 @@ def main() -> int:
         return 1
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown once the role is done (its result and checkpoints are written
+    by then). A trainer that had logged ``done`` sometimes never exited: finalisation had frozen its daemon
+    threads (the heartbeat among them) and then waited on gRPC's, so the coordinator saw a hung replica
+    and replaced a trainer that had finished."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -50,4 +50,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dlrm_trainer.__main__ import exit_now
+
+    exit_now(main())
