@@ -72,6 +72,7 @@ bench-trainer: install
 bench: bench-trainer
 	$(PY) benchmarks/cpr_table.py
 	$(PY) benchmarks/operator_failover.py
+	$(PY) benchmarks/chaos.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
