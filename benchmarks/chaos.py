@@ -35,6 +35,7 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -550,6 +551,9 @@ def print_table(s: dict[str, Any]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    # Job names of this invocation only: the orphan check must not count another run's pods (a test beside a
+    # benchmark) as this job's leftovers.
+    run_id = secrets.token_hex(2)
     with contextlib.ExitStack() as stack:
         tmp = str(args.workdir) if args.workdir else \
             stack.enter_context(tempfile.TemporaryDirectory(prefix="tj-chaos-"))
@@ -562,17 +566,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 # Sized so that even at the failure-free rate the job outlasts the window: every planned
                 # failure happens, however fast the job trains between them.
                 print("measuring the training rate (failure-free, 1M samples) ...", file=sys.stderr, flush=True)
-                warmup = await run_job(h, chaos_manifest("rate", 1_000_000, args.trainers, args.servers), [], None,
-                                       timeout_s=args.timeout_s)
+                rate_body = chaos_manifest(f"rate-{run_id}", 1_000_000, args.trainers, args.servers)
+                warmup = await run_job(h, rate_body, [], None, timeout_s=args.timeout_s)
                 rate = sum(float(r.get("samples_per_second", 0.0)) for r in warmup.keys["results"])
                 args.samples = int(rate * window * 1.15 / 100_000 + 1) * 100_000
                 print(f"  {rate:.0f} samples/s: the job trains {args.samples} samples", file=sys.stderr, flush=True)
-            body = chaos_manifest("chaos", args.samples, args.trainers, args.servers, seed=args.seed)
+            body = chaos_manifest(f"chaos-{run_id}", args.samples, args.trainers, args.servers, seed=args.seed)
             job = parse_manifest(body)
             replicas = [rid.name for rid in desired_replicas(job.spec)]
             if args.baseline and args.baseline_from is None:
                 print(f"failure-free run of {args.samples} samples ...", file=sys.stderr, flush=True)
-                base_body = chaos_manifest("baseline", args.samples, args.trainers, args.servers, seed=args.seed)
+                base_body = chaos_manifest(f"baseline-{run_id}", args.samples, args.trainers, args.servers,
+                                           seed=args.seed)
                 baseline = await run_job(h, base_body, [], None, timeout_s=args.timeout_s)
                 print(f"  {baseline.status} in {baseline.wall_s:.0f}s", file=sys.stderr, flush=True)
             plan = ChaosPlan(window_s=window, mtbf_s=args.mtbf_s, hang_fraction=args.hang_fraction,

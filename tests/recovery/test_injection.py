@@ -72,10 +72,10 @@ def test_parse_injection_spec(spec: str, items: list) -> None:
                  "or random:ROLE:mtbf=DURATION", id="no-time"),
     pytest.param("trainer@60s", "inject-failures item 'trainer@60s': expected role/rank before '@' "
                  "(e.g. embedding-server/1@60s)", id="no-rank"),
-    pytest.param("worker/0@60s", "inject-failures item 'worker/0@60s': unknown role 'worker', expected one of "
-                 "trainer, embedding-server, sync-server", id="unknown-role"),
+    pytest.param("gpu/0@60s", "inject-failures item 'gpu/0@60s': unknown role 'gpu', expected one of "
+                 "trainer, embedding-server, sync-server, worker", id="unknown-role"),
     pytest.param("any/0@60s", "inject-failures item 'any/0@60s': unknown role 'any', expected one of "
-                 "trainer, embedding-server, sync-server", id="any-only-for-random"),
+                 "trainer, embedding-server, sync-server, worker", id="any-only-for-random"),
     pytest.param("trainer/0@soon", "inject-failures item 'trainer/0@soon': time 'soon' is not a duration like "
                  "90, 60s, 1.5m or 2h", id="bad-time"),
     pytest.param("trainer/0@60s:term", "inject-failures item 'trainer/0@60s:term': unknown signal suffix 'term', "
@@ -83,7 +83,7 @@ def test_parse_injection_spec(spec: str, items: list) -> None:
     pytest.param("random:trainer", "inject-failures item 'random:trainer': missing mtbf=DURATION "
                  "(e.g. random:embedding-server:mtbf=120s:seed=7)", id="random-no-mtbf"),
     pytest.param("random:gpu:mtbf=1m", "inject-failures item 'random:gpu:mtbf=1m': unknown role 'gpu', expected one "
-                 "of trainer, embedding-server, sync-server, any", id="random-bad-role"),
+                 "of trainer, embedding-server, sync-server, worker, any", id="random-bad-role"),
     pytest.param("random:any:mtbf=0s", "inject-failures item 'random:any:mtbf=0s': mtbf must be greater than 0",
                  id="random-zero-mtbf"),
     pytest.param("random:any:mtbf=often", "inject-failures item 'random:any:mtbf=often': mtbf 'often' is not a "

@@ -124,7 +124,8 @@ def test_unwritable_checkpoint_storage_keeps_training_and_reports(redis_url: str
     summary = run(job, tmp_path, redis_url, [])
     assert summary["status"] == "Succeeded"
     assert summary["checkpoint"]["saves"] == 0
-    assert set(summary["checkpoint"]["errors"]) == {"0", "1"}
+    # Every saver on that storage says so: both shards and the sync server's dense copy.
+    assert set(summary["checkpoint"]["errors"]) == {"0", "1", "sync-server-0"}
     assert all("not writable" in message for message in summary["checkpoint"]["errors"].values())
 
 
