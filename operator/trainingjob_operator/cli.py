@@ -35,21 +35,33 @@ def run(
     redis_url: Annotated[str | None, typer.Option(help="Use this Redis instead of an embedded one")] = None,
     inject_failures: Annotated[str | None, typer.Option(
         help="Kill replicas: 'embedding-server/1@60s,trainer/0@2m:stop' or 'random:any:mtbf=120s:seed=7'")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Take over the run in the workdir whose supervisor died: adopt its running replicas, "
+                         "replace the ones that died, and go on")] = False,
+    orphan_grace: Annotated[float, typer.Option(
+        min=0.0, help="Seconds the replicas keep training after their supervisor died, for --resume to adopt "
+                      "them; then they are stopped")] = 60.0,
 ) -> None:
     """Run every replica of the job as a local process; exit 0 only if the job succeeded."""
     import logging
 
     from trainingjob_operator.local.progress import ProgressDisplay
+    from trainingjob_operator.local.runstate import StateError
     from trainingjob_operator.local.summary import write_summary
     from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
 
     job = _load(manifest)
     injections = _injections(job, inject_failures) if inject_failures else []
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    options = RunOptions(workdir=workdir, redis_url=redis_url, injections=injections)
-    with ProgressDisplay(job.name) as display:
-        supervisor = LocalSupervisor(job, options, on_tick=display.update)
-        result = supervisor.run()
+    options = RunOptions(workdir=workdir, redis_url=redis_url, injections=injections, resume=resume,
+                         orphan_grace_s=orphan_grace)
+    try:
+        with ProgressDisplay(job.name) as display:
+            supervisor = LocalSupervisor(job, options, on_tick=display.update)
+            result = supervisor.run()
+    except StateError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     path = summary or supervisor.workdir / "summary.json"
     write_summary(result, path)
     auc = result.get("auc")

@@ -11,12 +11,11 @@ from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.k8s.reporting import (
     OWNED_KEYS,
     RecoveryFacts,
-    memory_from_status,
-    memory_to_dict,
     merge_patch,
     phase_event,
     render_status,
 )
+from trainingjob_operator.memory_codec import memory_from_status, memory_to_dict
 from trainingjob_operator.reconcile import FailureEvent, JobMemory, ReplicaId, reconcile, set_condition
 
 

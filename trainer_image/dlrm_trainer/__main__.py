@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from dlrm_trainer.runtime import EXIT_CONFIG, ConfigError, replica_env
+from trainingjob_operator.api.exits import record_exit
 from trainingjob_operator.api.spec import Role
 
 
@@ -47,7 +48,10 @@ def exit_now(code: int) -> None:
     """Exit without the interpreter's teardown once the role is done (its result and checkpoints are written
     by then). A trainer that had logged ``done`` sometimes never exited: finalisation had frozen its daemon
     threads (the heartbeat among them) and then waited on gRPC's, so the coordinator saw a hung replica
-    and replaced a trainer that had finished."""
+    and replaced a trainer that had finished.
+
+    Locally the code is also recorded (``api.exits``) for a supervisor that adopted this process."""
+    record_exit(code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -25,6 +25,7 @@ from types import FrameType
 
 import redis
 
+from trainingjob_operator.api.exits import record_exit
 from trainingjob_operator.api.spec import PyTorchSpec, TrainingJobSpec, spec_from_json
 from trainingjob_operator.coordination import Coordination, Fenced
 from trainingjob_torch import decisions
@@ -237,14 +238,14 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def main() -> None:
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     env = os.environ
     spec = spec_from_json(env["TJ_SPEC"])
     if spec.pytorch is None:
         log.error("TJ_SPEC has no pytorch section: this agent runs workload pytorch only")
-        sys.exit(EXIT_PERMANENT)
+        return EXIT_PERMANENT
     coord = Coordination(env["TJ_REDIS_URL"], env.get("TJ_NAMESPACE", "default"), env["TJ_JOB"],
                          username=env.get("TJ_REDIS_USERNAME"), password=env.get("TJ_REDIS_PASSWORD"))
     agent = Agent(spec, coord, rank=int(env["TJ_RANK"]), instance=env.get("TJ_INSTANCE") or str(os.getpid()),
@@ -253,8 +254,10 @@ def main() -> None:
     code = agent.run()
     agent.stopping.set()
     agent._stop_processes()
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    exit_code = main()
+    record_exit(exit_code)  # for a local supervisor that adopted this agent (api.exits)
+    sys.exit(exit_code)

@@ -63,7 +63,6 @@ from trainingjob_operator.k8s.observe import (
 from trainingjob_operator.k8s.reporting import (
     OWNED_KEYS,
     RecoveryFacts,
-    memory_from_status,
     merge_patch,
     phase_event,
     render_status,
@@ -71,6 +70,7 @@ from trainingjob_operator.k8s.reporting import (
     summarize_progress,
     summarize_steps,
 )
+from trainingjob_operator.memory_codec import memory_from_status
 from trainingjob_operator.reconcile import (
     HUNG_REASONS,
     ConditionType,

@@ -1,7 +1,7 @@
 """The TrainingJob's status as the operator writes it, and the core's memory inside it. Pure.
 
-``status.coordinator`` holds the reconcile core's ``JobMemory`` (everything but the conditions,
-which live in ``status.conditions``), so a restarted operator resumes where the last one stopped
+``status.coordinator`` holds the reconcile core's ``JobMemory`` (``memory_codec``; the conditions
+live in ``status.conditions``), so a restarted operator resumes where the last one stopped
 instead of recreating pods. Status is written as a JSON merge patch (RFC 7386: the only patch
 type custom resources accept), computed by ``merge_patch`` against what was written last.
 """
@@ -23,84 +23,13 @@ from trainingjob_operator.api.status import (
     TrainingJobStatus,
 )
 from trainingjob_operator.coordination import waiting_for
-from trainingjob_operator.reconcile import Decision, FailureEvent, JobMemory, ReplicaId, iso
+from trainingjob_operator.memory_codec import COORDINATOR_KEY, memory_to_dict
+from trainingjob_operator.reconcile import Decision, iso
 from trainingjob_operator.tuning import Measurements
 
-COORDINATOR_KEY = "coordinator"
 # Top-level status keys this operator owns; anything else under status is left alone.
 OWNED_KEYS = frozenset({"phase", "conditions", "replicas", "progress", "recovery", "startTime",
                         "completionTime", "observedGeneration", COORDINATOR_KEY})
-
-
-# --- JobMemory <-> JSON --------------------------------------------------------------------------
-
-
-def _failure_to_dict(f: FailureEvent) -> dict[str, Any]:
-    out: dict[str, Any] = {"replica": f.id.name, "reason": f.reason, "time": f.time, "instance": f.instance}
-    if f.exit_code is not None:
-        out["exitCode"] = f.exit_code
-    return out
-
-
-def _failure_from_dict(d: Mapping[str, Any]) -> FailureEvent:
-    return FailureEvent(ReplicaId.parse(d["replica"]), str(d["reason"]), float(d["time"]),
-                        d.get("exitCode"), str(d.get("instance", "")))
-
-
-def memory_to_dict(m: JobMemory) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "phase": m.phase.value,
-        "generation": m.generation,
-        "createdAt": {k: round(v, 3) for k, v in sorted(m.created_at.items())},
-        "replacing": sorted(m.replacing),
-        "seen": sorted(m.seen),
-        "succeeded": sorted(m.succeeded),
-        "restartTimes": {k: [round(t, 3) for t in v] for k, v in sorted(m.restart_times.items())},
-        "restarts": dict(sorted(m.restarts.items())),
-        "failures": m.failures,
-    }
-    if m.not_before:
-        out["notBefore"] = {k: round(v, 3) for k, v in sorted(m.not_before.items())}
-    if m.resuming:
-        out["resuming"] = sorted(m.resuming)
-    if m.resumed_at is not None:
-        out["resumedAt"] = m.resumed_at
-    if m.last_failure is not None:
-        out["lastFailure"] = _failure_to_dict(m.last_failure)
-    if m.start_time is not None:
-        out["startTime"] = m.start_time
-    if m.completion_time is not None:
-        out["completionTime"] = m.completion_time
-    return out
-
-
-def memory_from_status(status: Mapping[str, Any] | None) -> JobMemory | None:
-    """The memory a previous operator persisted, or None for a job it never ran (or garbage)."""
-    if not status or not isinstance(status.get(COORDINATOR_KEY), Mapping):
-        return None
-    d = status[COORDINATOR_KEY]
-    try:
-        conditions = tuple(Condition.model_validate(c) for c in status.get("conditions") or ())
-        return JobMemory(
-            phase=Phase(d["phase"]),
-            generation=int(d.get("generation", 0)),
-            created_at={str(k): float(v) for k, v in (d.get("createdAt") or {}).items()},
-            replacing=frozenset(d.get("replacing") or ()),
-            seen=frozenset(d.get("seen") or ()),
-            succeeded=frozenset(d.get("succeeded") or ()),
-            restart_times={str(k): tuple(float(t) for t in v) for k, v in (d.get("restartTimes") or {}).items()},
-            restarts={str(k): int(v) for k, v in (d.get("restarts") or {}).items()},
-            failures=int(d.get("failures", 0)),
-            not_before={str(k): float(v) for k, v in (d.get("notBefore") or {}).items()},
-            resuming=frozenset(d.get("resuming") or ()),
-            resumed_at=float(d["resumedAt"]) if d.get("resumedAt") is not None else None,
-            last_failure=_failure_from_dict(d["lastFailure"]) if d.get("lastFailure") else None,
-            conditions=conditions,
-            start_time=float(d["startTime"]) if d.get("startTime") is not None else None,
-            completion_time=float(d["completionTime"]) if d.get("completionTime") is not None else None,
-        )
-    except (KeyError, TypeError, ValueError):
-        return None  # unreadable (a different schema): start over rather than crash-loop
 
 
 # --- status ------------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
-"""Replica processes: started with the pod env contract, tied to the supervisor's life.
+"""Replica processes: started with the pod env contract, in sessions of their own.
 
-Every child gets PR_SET_PDEATHSIG=SIGKILL, so even a supervisor killed with SIGKILL leaves no
-orphans, and its own session so a terminal's Ctrl-C reaches only the supervisor, which then
-stops the children in order.
+A terminal's Ctrl-C reaches only the supervisor, which then stops the replicas in order. A
+supervisor killed outright leaves its replicas training, as killing the operator leaves pods
+running: ``trainingjob run --resume`` adopts them (``AdoptedProcess``), and the run's keeper
+(``local.keeper``) stops them if no supervisor comes back within the grace period. Warm standbys
+exit by themselves when their supervisor goes (their stdin closes).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
 import os
 import signal
@@ -16,16 +18,70 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-PR_SET_PDEATHSIG = 1
+import psutil
+
+from trainingjob_operator.api.exits import recorded_exit
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: Ctrl-C handling still stops the children
+class ProcessHandle(Protocol):
+    """What the supervisor needs of a process: ``subprocess.Popen``, or ``AdoptedProcess`` for one it did not start."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class AdoptedProcess:
+    """A replica started by an earlier supervisor of the run. It is not our child, so its exit code comes
+    from the record it writes as it exits (``api.exits``); one that left none was killed by a signal."""
+
+    def __init__(self, pid: int, started_at: float, exit_dir: Path) -> None:
+        self._pid = pid
+        self.started_at = started_at
+        self.exit_dir = exit_dir
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def _process(self) -> psutil.Process | None:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(self._pid)
+            if abs(process.create_time() - self.started_at) < 0.05 and process.status() != psutil.STATUS_ZOMBIE:
+                return process
+        return None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._process() is None:
+            recorded = recorded_exit(self.exit_dir, self._pid, self.started_at)
+            self.returncode = recorded if recorded is not None else -signal.SIGKILL
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if (process := self._process()) is not None:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self._pid}", timeout or 0.0)
+            time.sleep(0.05)
+        return code
 
 
 @dataclass
@@ -43,7 +99,7 @@ class Incarnation:
 @dataclass
 class ReplicaProcess:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: ProcessHandle
     incarnation: Incarnation
     kill_deadline: float | None = None  # SIGTERM sent; SIGKILL after this
     log_path: Path | None = None
@@ -87,7 +143,7 @@ def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = Non
     log = log_path.open("ab")
     popen = subprocess.Popen(
         [sys.executable, "-m", module], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=_die_with_parent, start_new_session=True,
+        stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
     )
     log.close()
     return ReplicaProcess(name, popen, Incarnation(popen.pid, time.time()), log_path=log_path)
@@ -110,8 +166,7 @@ class StandbyPool:
         with (self.log_dir / f"standby-{role}-{self._count}.log").open("ab") as log:
             self._ready[role] = subprocess.Popen(
                 [sys.executable, "-m", "dlrm_trainer.standby", role], env={**os.environ, **self.env},
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                start_new_session=True)
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def take(self, role: str) -> subprocess.Popen[bytes] | None:
         process = self._ready.pop(role, None)

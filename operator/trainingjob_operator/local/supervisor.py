@@ -3,6 +3,10 @@
 Each tick it observes the replica processes (exit codes, heartbeats in Redis), asks
 ``reconcile()`` what to do, and applies the actions by spawning or stopping processes. The same
 core drives the Kubernetes operator, so what you see locally is what the cluster does.
+
+Like the operator, the supervisor can die without taking the job with it: it keeps its state in
+``run-state.json`` (``local.runstate``), the replicas keep training, and ``trainingjob run --resume``
+adopts them and goes on; the run's keeper stops them if nobody resumes within the grace period.
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +29,7 @@ from typing import Any
 import psutil
 import redis
 
+from trainingjob_operator.api.exits import EXIT_DIR_ENV
 from trainingjob_operator.api.spec import ROLES, RecoveryMode, Role, TrainingJob, Workload
 from trainingjob_operator.api.status import Phase
 from trainingjob_operator.coordination import Coordination, Member, Progress, StepProgress, waiting_for
@@ -28,9 +37,22 @@ from trainingjob_operator.core import accounting, contract
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, failure_record, trainer_rollbacks
 from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.local.injection import Injection, due
-from trainingjob_operator.local.processes import Incarnation, ReplicaProcess, StandbyPool, spawn
+from trainingjob_operator.local.keeper import process_of, processes_of_run, ref_of, stop_processes
+from trainingjob_operator.local.processes import AdoptedProcess, Incarnation, ReplicaProcess, StandbyPool, spawn
 from trainingjob_operator.local.recovery import FailureRecord, RecoveryTracker
 from trainingjob_operator.local.redis_server import EmbeddedRedis
+from trainingjob_operator.local.runstate import (
+    RUN_ID_ENV,
+    STATE_FILE,
+    ProcessRef,
+    RunState,
+    StateError,
+    manifest_digest,
+    read_state,
+    resume_problem,
+    write_state,
+)
+from trainingjob_operator.memory_codec import COORDINATOR_KEY, memory_from_status, memory_to_dict
 from trainingjob_operator.reconcile import (
     CreateReason,
     CreateReplica,
@@ -58,6 +80,8 @@ class RunOptions:
     injections: list[Injection] = field(default_factory=list)  # --inject-failures, planned
     replan_every_s: float = 5.0
     warm_standby: bool = True  # keep one pre-imported process per role for replacements
+    resume: bool = False  # take over the run in workdir whose supervisor died (``--resume``)
+    orphan_grace_s: float = 60.0  # how long replicas keep training without a supervisor before the keeper stops them
 
 
 @dataclass
@@ -105,6 +129,15 @@ class LocalSupervisor:
         self._last_rss = 0.0
         self.interrupted = False
         self._stop_requested = False
+        self.run_id = secrets.token_hex(8)
+        self.state_path = self.workdir / STATE_FILE
+        self.exit_dir = self.workdir / "exits"  # exit codes of replicas a resumed supervisor adopted (api.exits)
+        self.refs: dict[int, ProcessRef] = {}  # pid -> its start time, for the state file
+        self.redis_ref: ProcessRef | None = None  # the embedded Redis this run started (or adopted)
+        self.keeper: subprocess.Popen[bytes] | None = None
+        self.keeper_ref: ProcessRef | None = None
+        self.adopted: list[str] = []  # replicas a resumed run took over alive
+        self._state_text = ""
 
     # --- observing -------------------------------------------------------------------------
     def observe(self) -> dict[ReplicaId, ObservedReplica]:
@@ -164,7 +197,12 @@ class LocalSupervisor:
         placement = contract.process_placement(self.job, checkpoint_dir)
         env = contract.literal_env(contract.replica_env(self.job, rid, redis_url=self.redis_url,
                                                         generation=generation, placement=placement))
-        return {"PYTHONUNBUFFERED": "1", **env, **self.options.extra_env}
+        return {"PYTHONUNBUFFERED": "1", **env, **self._local_env(), **self.options.extra_env}
+
+    def _local_env(self) -> dict[str, str]:
+        """What every process of this run carries beyond the pod contract: the run it belongs to (so the keeper
+        finds it) and where it records its exit code (for a supervisor that adopts it)."""
+        return {RUN_ID_ENV: self.run_id, EXIT_DIR_ENV: str(self.exit_dir.resolve())}
 
     def apply(self, actions: list, now: float) -> None:
         assert self.coord is not None
@@ -187,6 +225,8 @@ class LocalSupervisor:
                              module=contract.replica_command(action.id.role)[-1])
                 self.processes[name] = proc
                 self.history[name].append(proc.incarnation)
+                with contextlib.suppress(psutil.Error):
+                    self.refs[proc.pid] = ref_of(proc.pid)
                 log.info("started %s pid %d (%s, generation %d)", name, proc.pid, action.reason, action.generation)
             elif isinstance(action, DeleteReplica):
                 proc_ = self.processes.get(action.id.name)
@@ -346,23 +386,29 @@ class LocalSupervisor:
             desired=len(desired_replicas(self.spec)), unit="tokens")
 
     def run(self) -> dict[str, Any]:
+        """Run the job to its end (or take over a run whose supervisor died, with ``options.resume``).
+        Raises ``StateError`` before starting anything when there is nothing to resume, or the workdir's run is
+        still supervised."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        url = self.options.redis_url or self.spec.redis.url
-        embedded = None if url else EmbeddedRedis(self.workdir / "redis")
+        previous = self._run_to_resume() if self.options.resume else None
+        if previous is None:
+            self._clear_abandoned_run()
         in_main = threading.current_thread() is threading.main_thread()
         # SIGTERM stops the run like Ctrl-C does (signals can only be handled on the main thread).
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+        embedded: EmbeddedRedis | None = None
         try:
-            self.redis_url = url or embedded.start()  # type: ignore[union-attr]
-            # Fails fast: a Redis outage must not stall the loop that watches the processes.
-            self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name, patient=False)
-            self.coord.clear()
-            self.started = time.time()
+            embedded = self._start_fresh() if previous is None else self._take_over(previous)
+            if self.standby is not None:
+                self.standby.env.update(self._local_env())
+            self._save_state()
+            self._ensure_keeper(previous)
             last_tick_report = 0.0
             while not (self.memory.phase.finished and not self._alive()):
                 if self._stop_requested:
                     raise KeyboardInterrupt
                 self.tick()
+                self._save_state()
                 if self.on_tick is not None and time.monotonic() - last_tick_report >= 0.5:
                     self.on_tick(self.snapshot())
                     last_tick_report = time.monotonic()
@@ -377,9 +423,149 @@ class LocalSupervisor:
         finally:
             self.stop_all()
             if in_main:
-                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, previous_handler)
             if embedded is not None:
                 embedded.stop()
+            elif process_of(self.redis_ref) is not None:  # an embedded Redis adopted from the previous supervisor
+                stop_processes([p for p in [process_of(self.redis_ref)] if p is not None], self.options.grace_s)
+            self._end_state()
+
+    # --- starting, resuming, and the state file ---------------------------------------------------
+    def _start_fresh(self) -> EmbeddedRedis | None:
+        shutil.rmtree(self.exit_dir, ignore_errors=True)  # an earlier run's exit records
+        url = self.options.redis_url or self.spec.redis.url
+        embedded = None
+        if not url:
+            # AOF, so a Redis that died with its supervisor comes back with the job's state on --resume.
+            shutil.rmtree(self.workdir / "redis" / "appendonlydir", ignore_errors=True)  # not an older run's
+            embedded = EmbeddedRedis(self.workdir / "redis", appendonly=True, env={RUN_ID_ENV: self.run_id})
+            url = embedded.start()
+            self.redis_ref = ref_of(embedded.process.pid)  # type: ignore[union-attr]
+        self.redis_url = url
+        # Fails fast: a Redis outage must not stall the loop that watches the processes.
+        self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name, patient=False)
+        self.coord.clear()
+        self.started = time.time()
+        return embedded
+
+    def _digest(self) -> str:
+        return manifest_digest(self.job.to_wire())
+
+    def _run_to_resume(self) -> RunState:
+        state = read_state(self.state_path)
+        problem = resume_problem(state, self._digest(), process_of(state.supervisor) is not None)
+        if problem is not None:
+            raise StateError(f"cannot resume {self.job.name} in {self.workdir}: {problem}")
+        if memory_from_status(state.memory) is None:
+            raise StateError(f"{self.state_path} holds no readable job memory")
+        return state
+
+    def _clear_abandoned_run(self) -> None:
+        """A fresh start over a run whose supervisor died: that run is given up, so its processes (which would
+        go on writing checkpoints into this workdir) are stopped first."""
+        try:
+            old = read_state(self.state_path)
+        except StateError:
+            return
+        if old.ended is not None:
+            return
+        if process_of(old.supervisor) is not None:
+            raise StateError(f"a supervisor (pid {old.supervisor.pid}) is already running {self.job.name} in "
+                             f"{self.workdir}; stop it, or resume there once it is gone")
+        left = {p.pid: p for ref in [*old.processes.values(), old.redis] if (p := process_of(ref)) is not None}
+        left.update({p.pid: p for p in processes_of_run(old.run_id)})
+        if left:
+            log.warning("stopping %d processes of the earlier run in %s, which was not resumed", len(left),
+                        self.workdir)
+            stop_processes(left.values(), self.options.grace_s)
+
+    def _take_over(self, state: RunState) -> EmbeddedRedis | None:
+        """Become the supervisor of a run whose supervisor died: its memory, its Redis, its processes."""
+        self.run_id = state.run_id
+        self.started = state.started
+        self.mode = state.mode
+        self.memory = memory_from_status(state.memory) or JobMemory()
+        for name, incarnations in state.history.items():
+            self.history[name] = [Incarnation(**i) for i in incarnations]
+        self.tracker.failures = [FailureRecord(**f) for f in state.failures]
+        self.tracker.injected = [(i["at_s"], Injection(i["time_s"], i["role"], i["rank"], i["signal"]))
+                                 for i in state.injected]
+        self.redis_url = state.redis_url
+        self.redis_ref = state.redis
+        self._save_state()  # claim the run first: the keeper now watches this supervisor
+        embedded = None
+        if state.redis is not None and process_of(state.redis) is None:  # our embedded Redis died too: from its AOF
+            port = int(state.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+            embedded = EmbeddedRedis(self.workdir / "redis", port=port, appendonly=True,
+                                     env={RUN_ID_ENV: self.run_id})
+            embedded.start()
+            self.redis_ref = ref_of(embedded.process.pid)  # type: ignore[union-attr]
+            log.warning("the run's Redis was gone: restarted it from its append-only file")
+        self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name, patient=False)
+        for name, ref in state.processes.items():
+            history = self.history.setdefault(name, [])
+            incarnation = next((i for i in reversed(history) if i.pid == ref.pid), None)
+            if incarnation is None:
+                incarnation = Incarnation(ref.pid, ref.started_at)
+                history.append(incarnation)
+            proc = ReplicaProcess(name, AdoptedProcess(ref.pid, ref.started_at, self.exit_dir), incarnation,
+                                  log_path=self.workdir / "logs" / f"{name}.log")
+            self.processes[name] = proc
+            self.refs[ref.pid] = ref
+            if proc.poll() is None:
+                self.adopted.append(name)
+                if name in self.memory.replacing:  # its predecessor had asked it to stop: ask again
+                    proc.terminate(self.options.grace_s)
+            # One that exited meanwhile is observed with its recorded exit code (or as killed) and handled as
+            # any exit is: a finished trainer succeeded, a dead replica is replaced.
+        log.warning("resumed %s: adopted %d running replicas (%s), %d gone", self.job.name, len(self.adopted),
+                    ", ".join(self.adopted) or "none", len(state.processes) - len(self.adopted))
+        return embedded
+
+    def _ensure_keeper(self, previous: RunState | None) -> None:
+        if previous is not None and process_of(previous.keeper) is not None:
+            self.keeper_ref = previous.keeper  # it reads the state file: it watches this supervisor now
+            return
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        with (self.workdir / "logs" / "keeper.log").open("ab") as out:
+            self.keeper = subprocess.Popen(
+                [sys.executable, "-m", "trainingjob_operator.local.keeper", str(self.state_path.resolve()),
+                 self.run_id], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        self.keeper_ref = ref_of(self.keeper.pid)
+        self._save_state()
+
+    def _state(self, ended: str | None = None) -> RunState:
+        me = psutil.Process()
+        return RunState(
+            run_id=self.run_id, manifest_digest=self._digest(), started=self.started,
+            orphan_grace_s=self.options.orphan_grace_s, redis_url=self.redis_url or "",
+            supervisor=ProcessRef(me.pid, me.create_time()), keeper=self.keeper_ref, redis=self.redis_ref,
+            ended=ended,
+            memory={COORDINATOR_KEY: memory_to_dict(self.memory),
+                    "conditions": [c.to_wire() for c in self.memory.conditions]},
+            mode=self.mode,
+            processes={name: self.refs[p.pid] for name, p in self.processes.items() if p.pid in self.refs},
+            history={name: [vars(i) for i in incarnations] for name, incarnations in self.history.items()},
+            failures=[vars(f) for f in self.tracker.failures],
+            injected=[{"at_s": t, "time_s": i.time_s, "role": i.role, "rank": i.rank, "signal": i.signal}
+                      for t, i in self.tracker.injected])
+
+    def _save_state(self, ended: str | None = None) -> None:
+        state = self._state(ended)
+        text = state.to_json()
+        if text != self._state_text:
+            write_state(self.state_path, state)
+            self._state_text = text
+
+    def _end_state(self) -> None:
+        """The run ended on purpose (finished, interrupted, or failed to start): nothing to resume or keep."""
+        if not self._state_text:
+            return
+        self._save_state(ended="Interrupted" if self.interrupted else self.memory.phase.value)
+        if self.keeper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.keeper.wait(5)
 
     def request_stop(self) -> None:
         """Stop the run from another thread, as Ctrl-C would."""
