@@ -73,6 +73,7 @@ bench: bench-trainer
 	$(PY) benchmarks/cpr_table.py
 	$(PY) benchmarks/operator_failover.py
 	$(PY) benchmarks/chaos.py
+	$(PY) benchmarks/chaos_local.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -72,3 +72,23 @@ def test_a_job_survives_chaos_on_the_kubernetes_path(tmp_path: Path) -> None:
     # Unwritable storage: training went on, the job said so, and said so no more once saves worked again.
     assert s["checkpoint_failing_seen"] >= 1 and s["checkpoint_failing_cleared"] >= 1
     assert s["samples"] >= 3_000_000 and s["auc"] is not None and s["auc"] > 0.6
+
+
+@pytest.mark.processes
+def test_a_job_survives_chaos_on_the_local_backend_supervisor_kills_included(tmp_path: Path) -> None:
+    out = tmp_path / "chaos_local.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chaos_local.py"), "--short", "--no-baseline",
+                          "--out", str(out)], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["status"] == "Succeeded", run.stderr[-3000:]
+    assert s["orphans"] == []  # no process of the run outlived it, the keeper included
+    assert s["supervisor_kills"] >= 1 and s["resumes"] == s["supervisor_kills"] and s["resume_errors"] == []
+    assert s["redis_restarts"] == s["redis_kills"] >= 1
+    assert s["replica_failures"] >= 5
+    # Every failure the supervisors recorded was one the harness made, and each cost one process: killing a
+    # supervisor or Redis restarted no replica.
+    assert s["failures_recorded"] == s["replica_failures"]
+    assert s["processes_started"] == s["processes_expected"]
+    assert s["corrupt_checkpoints_loaded"] == 0
+    assert s["auc"] > 0.7

@@ -14,11 +14,12 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import small_job, wait_until
+from tests.conftest import run_in_thread, small_job, wait_until
 from trainingjob_operator.api.spec import TrainingJob
 from trainingjob_operator.coordination import Coordination
 from trainingjob_operator.local.keeper import process_of, processes_of_run
 from trainingjob_operator.local.runstate import RunState, read_state
+from trainingjob_operator.local.supervisor import LocalSupervisor, RunOptions
 
 pytestmark = pytest.mark.processes
 
@@ -89,6 +90,9 @@ def test_a_killed_supervisor_is_resumed_and_only_the_replica_that_died_meanwhile
     assert pids["embedding-server-1"][0] == victim.pid and len(pids["embedding-server-1"]) == 2
     [failure] = summary["failures"]
     assert (failure["role"], failure["rank"], failure["reason"]) == ("embedding-server", 1, "ExitCode137")
+    assert summary["supervisor"]["resumes"] == 1
+    assert "embedding-server-1" not in summary["supervisor"]["adopted"]
+    assert {"embedding-server-0", "sync-server-0"} <= set(summary["supervisor"]["adopted"])
     trainers = [r for r in summary["replicas"] if r["role"] == "trainer"]
     assert all(p["exit_code"] == 0 for r in trainers for p in r["pids"])  # codes of processes it did not start
     final = read_state(workdir / "run-state.json")
@@ -146,3 +150,28 @@ def test_resume_refuses_a_run_that_is_still_supervised_or_over(tmp_path: Path) -
                               str(tmp_path / "elsewhere"), "--resume"], capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 2 and "no run to resume" in " ".join(nothing.stderr.split())
     assert not psutil.pid_exists(first.pid)
+
+
+def test_the_runs_redis_killed_is_started_again_from_its_aof_and_nothing_is_replaced(tmp_path: Path) -> None:
+    job = small_job(data__trainSamples=500_000)
+    supervisor = LocalSupervisor(job, RunOptions(workdir=tmp_path))  # an embedded Redis, as `trainingjob run`
+    thread, out = run_in_thread(supervisor)
+    wait_until(lambda: supervisor.redis_ref is not None and supervisor.coord is not None, 60, "the run's Redis")
+    assert supervisor.redis_url is not None
+    coord = Coordination(supervisor.redis_url, job.namespace, job.name)
+    wait_until(lambda: trained(coord) > 40_000, 120, "training progress")
+    cursors_before = {rank: p.samples for rank, p in coord.all_progress(2).items()}
+    first = supervisor.redis_ref
+    assert first is not None
+    os.kill(first.pid, signal.SIGKILL)
+    wait_until(lambda: supervisor.redis_restarts == 1, 60, "the Redis restart")
+    assert supervisor.redis_ref is not None and supervisor.redis_ref.pid != first.pid
+    # The job's state came back from the AOF (a second of writes at most is lost), and training goes on.
+    restored = {rank: p.samples for rank, p in coord.all_progress(2).items()}
+    assert all(restored[rank] >= cursors_before[rank] for rank in cursors_before)
+    wait_until(lambda: trained(coord) > sum(restored.values()) + 20_000, 120, "training after the restart")
+    thread.join(300)
+    assert out["status"] == "Succeeded" and out["samples"] >= job.spec.data.train_samples
+    assert out["failures"] == [] and all(r["restarts"] == 0 for r in out["replicas"])  # no replica noticed
+    assert out["supervisor"]["redis_restarts"] == 1
+    assert process_of(supervisor.redis_ref) is None  # stopped with the run

@@ -56,6 +56,8 @@ class RunState:
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # replica -> incarnations
     failures: list[dict[str, Any]] = field(default_factory=list)
     injected: list[dict[str, Any]] = field(default_factory=list)
+    resumes: int = 0  # supervisors that took the run over
+    redis_restarts: int = 0  # times the run's embedded Redis died and was started again
     version: int = STATE_VERSION
 
     def to_json(self) -> str:

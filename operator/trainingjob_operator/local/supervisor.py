@@ -137,6 +137,10 @@ class LocalSupervisor:
         self.keeper: subprocess.Popen[bytes] | None = None
         self.keeper_ref: ProcessRef | None = None
         self.adopted: list[str] = []  # replicas a resumed run took over alive
+        self.embedded: EmbeddedRedis | None = None
+        self.redis_restarts = 0
+        self.resumes = 0
+        self._redis_retry_at = 0.0
         self._state_text = ""
 
     # --- observing -------------------------------------------------------------------------
@@ -396,9 +400,8 @@ class LocalSupervisor:
         in_main = threading.current_thread() is threading.main_thread()
         # SIGTERM stops the run like Ctrl-C does (signals can only be handled on the main thread).
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
-        embedded: EmbeddedRedis | None = None
         try:
-            embedded = self._start_fresh() if previous is None else self._take_over(previous)
+            self.embedded = self._start_fresh() if previous is None else self._take_over(previous)
             if self.standby is not None:
                 self.standby.env.update(self._local_env())
             self._save_state()
@@ -407,6 +410,7 @@ class LocalSupervisor:
             while not (self.memory.phase.finished and not self._alive()):
                 if self._stop_requested:
                     raise KeyboardInterrupt
+                self._keep_redis()
                 self.tick()
                 self._save_state()
                 if self.on_tick is not None and time.monotonic() - last_tick_report >= 0.5:
@@ -424,11 +428,30 @@ class LocalSupervisor:
             self.stop_all()
             if in_main:
                 signal.signal(signal.SIGTERM, previous_handler)
-            if embedded is not None:
-                embedded.stop()
-            elif process_of(self.redis_ref) is not None:  # an embedded Redis adopted from the previous supervisor
-                stop_processes([p for p in [process_of(self.redis_ref)] if p is not None], self.options.grace_s)
+            if self.embedded is not None:
+                self.embedded.stop()
+            if (adopted := process_of(self.redis_ref)) is not None:  # one adopted from the previous supervisor
+                stop_processes([adopted], self.options.grace_s)
             self._end_state()
+
+    def _keep_redis(self) -> None:
+        """An embedded Redis that died is started again from its AOF on the same port, as a cluster restarts its
+        Redis pod: the replicas reconnect to the URL they have, and the job's state is back."""
+        if self.redis_ref is None or time.monotonic() < self._redis_retry_at or process_of(self.redis_ref):
+            return
+        assert self.redis_url is not None
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+        self.embedded = EmbeddedRedis(self.workdir / "redis", port=port, appendonly=True,
+                                      env={RUN_ID_ENV: self.run_id})
+        try:
+            self.embedded.start()
+        except RuntimeError as e:
+            self._redis_retry_at = time.monotonic() + 2.0
+            log.error("the run's Redis died and did not start again (retrying): %s", e)
+            return
+        self.redis_ref = ref_of(self.embedded.process.pid)  # type: ignore[union-attr]
+        self.redis_restarts += 1
+        log.warning("the run's Redis died: started it again from its append-only file (port %d)", port)
 
     # --- starting, resuming, and the state file ---------------------------------------------------
     def _start_fresh(self) -> EmbeddedRedis | None:
@@ -484,6 +507,8 @@ class LocalSupervisor:
         self.run_id = state.run_id
         self.started = state.started
         self.mode = state.mode
+        self.resumes = state.resumes + 1
+        self.redis_restarts = state.redis_restarts
         self.memory = memory_from_status(state.memory) or JobMemory()
         for name, incarnations in state.history.items():
             self.history[name] = [Incarnation(**i) for i in incarnations]
@@ -493,14 +518,7 @@ class LocalSupervisor:
         self.redis_url = state.redis_url
         self.redis_ref = state.redis
         self._save_state()  # claim the run first: the keeper now watches this supervisor
-        embedded = None
-        if state.redis is not None and process_of(state.redis) is None:  # our embedded Redis died too: from its AOF
-            port = int(state.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-            embedded = EmbeddedRedis(self.workdir / "redis", port=port, appendonly=True,
-                                     env={RUN_ID_ENV: self.run_id})
-            embedded.start()
-            self.redis_ref = ref_of(embedded.process.pid)  # type: ignore[union-attr]
-            log.warning("the run's Redis was gone: restarted it from its append-only file")
+        self._keep_redis()  # our embedded Redis died too: from its AOF
         self.coord = Coordination(self.redis_url, self.job.namespace, self.job.name, patient=False)
         for name, ref in state.processes.items():
             history = self.history.setdefault(name, [])
@@ -520,7 +538,7 @@ class LocalSupervisor:
             # any exit is: a finished trainer succeeded, a dead replica is replaced.
         log.warning("resumed %s: adopted %d running replicas (%s), %d gone", self.job.name, len(self.adopted),
                     ", ".join(self.adopted) or "none", len(state.processes) - len(self.adopted))
-        return embedded
+        return self.embedded
 
     def _ensure_keeper(self, previous: RunState | None) -> None:
         if previous is not None and process_of(previous.keeper) is not None:
@@ -549,7 +567,8 @@ class LocalSupervisor:
             history={name: [vars(i) for i in incarnations] for name, incarnations in self.history.items()},
             failures=[vars(f) for f in self.tracker.failures],
             injected=[{"at_s": t, "time_s": i.time_s, "role": i.role, "rank": i.rank, "signal": i.signal}
-                      for t, i in self.tracker.injected])
+                      for t, i in self.tracker.injected],
+            resumes=self.resumes, redis_restarts=self.redis_restarts)
 
     def _save_state(self, ended: str | None = None) -> None:
         state = self._state(ended)
@@ -576,6 +595,13 @@ class LocalSupervisor:
 
     # --- the summary -----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        result = self._job_summary()
+        # The coordinator's own failures: supervisors that took the run over, and restarts of its Redis.
+        result["supervisor"] = {"resumes": self.resumes, "adopted": self.adopted,
+                                "redis_restarts": self.redis_restarts}
+        return result
+
+    def _job_summary(self) -> dict[str, Any]:
         from trainingjob_operator.local.summary import build_pytorch_summary, build_summary
 
         if self.pytorch:
