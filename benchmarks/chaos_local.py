@@ -20,7 +20,7 @@ user who started them (root here), whom file modes do not stop.
 It first runs the same job without failures (the AUC to compare against), then the chaos run, and prints a
 table like ``chaos.py``'s and writes ``benchmarks/results/chaos_local.json`` (or ``--out``).
 
-Usage: python benchmarks/chaos_local.py [--minutes 10] [--mtbf-s 30] [--redis-kills 10] [--supervisor-kills 10]
+Usage: python benchmarks/chaos_local.py [--minutes 14] [--mtbf-s 30] [--redis-kills 10] [--supervisor-kills 10]
        [--corruptions 3] [--trainers 3 --servers 3] [--samples N] [--short]
 """
 
@@ -355,8 +355,8 @@ def print_table(s: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=0, help="training samples (0: 30k per second of window)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="window in which failures are drawn")
+    parser.add_argument("--samples", type=int, default=0, help="training samples (0: 40k per second of window, so the job outlasts it)")
+    parser.add_argument("--minutes", type=float, default=14.0, help="window in which failures are drawn")
     parser.add_argument("--mtbf-s", type=float, default=30.0, help="mean time between failures of each replica")
     parser.add_argument("--hang-fraction", type=float, default=0.1)
     parser.add_argument("--redis-kills", type=int, default=10)
@@ -379,7 +379,7 @@ def main() -> None:
         args.redis_kills, args.supervisor_kills, args.corruptions, args.hang_fraction = 2, 2, 1, 0.15
         args.timeout_s = min(args.timeout_s, 900.0)
     window = args.minutes * 60.0
-    samples = args.samples or int(window * 30_000)
+    samples = args.samples or int(window * 40_000)
     name = f"chaos-local-{secrets.token_hex(2)}"
     with contextlib.ExitStack() as stack:
         tmp = Path(args.workdir) if args.workdir else Path(stack.enter_context(
