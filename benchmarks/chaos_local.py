@@ -355,7 +355,7 @@ def print_table(s: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=0, help="training samples (0: 40k per second of window, so the job outlasts it)")
+    parser.add_argument("--samples", type=int, default=0, help="training samples (0: 40k per window second)")
     parser.add_argument("--minutes", type=float, default=14.0, help="window in which failures are drawn")
     parser.add_argument("--mtbf-s", type=float, default=30.0, help="mean time between failures of each replica")
     parser.add_argument("--hang-fraction", type=float, default=0.1)
