@@ -86,9 +86,10 @@ def test_a_job_survives_chaos_on_the_local_backend_supervisor_kills_included(tmp
     assert s["supervisor_kills"] >= 1 and s["resumes"] == s["supervisor_kills"] and s["resume_errors"] == []
     assert s["redis_restarts"] == s["redis_kills"] >= 1
     assert s["replica_failures"] >= 5
-    # Every failure the supervisors recorded was one the harness made, and each cost one process: killing a
-    # supervisor or Redis restarted no replica.
-    assert s["failures_recorded"] == s["replica_failures"]
+    # No failure was recorded that the harness did not make (a kill landing on a replica already being replaced
+    # joins that failure), and each recorded failure cost one process: killing a supervisor or Redis restarted
+    # no replica.
+    assert 0 < s["failures_recorded"] <= s["replica_failures"]
     assert s["processes_started"] == s["processes_expected"]
     assert s["corrupt_checkpoints_loaded"] == 0
     assert s["auc"] > 0.7
