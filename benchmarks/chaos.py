@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -464,6 +465,42 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
 # --- the report --------------------------------------------------------------------------------------------
 
 
+def row_key(kind: str, target: str) -> str:
+    """The table row of a failure: the replica's role, with the kind for anything but a plain kill."""
+    role = target.rpartition("-")[0] if target and kind not in ("redis", "operator", "supervisor") else kind
+    return f"{role} ({kind})" if kind in ("hang", "corrupt", "unwritable") else role
+
+
+def target_table(failures: Iterable[tuple[str, object, float | None, float | None]]) -> dict[str, dict[str, Any]]:
+    """(row, skipped (true, or why), detected after s, recovered after s) per failure -> count, skips and p50/p99
+    per row."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, skipped, detected, recovered in failures:
+        row = rows.setdefault(key, {"count": 0, "detected_s": [], "recovered_s": [], "skipped": 0})
+        row["count"] += 1
+        row["skipped"] += 1 if skipped else 0
+        if detected is not None:
+            row["detected_s"].append(detected)
+        if recovered is not None:
+            row["recovered_s"].append(recovered)
+    return {k: {"count": v["count"], "skipped": v["skipped"],
+                "detect_p50_s": percentile(v["detected_s"], 0.5), "detect_p99_s": percentile(v["detected_s"], 0.99),
+                "recover_p50_s": percentile(v["recovered_s"], 0.5),
+                "recover_p99_s": percentile(v["recovered_s"], 0.99)}
+            for k, v in sorted(rows.items())}
+
+
+def print_target_rows(table: dict[str, dict[str, Any]]) -> None:
+    print(f"{'target':<30} {'count':>5} {'skip':>4} {'detect p50':>10} {'p99':>6} {'recover p50':>11} {'p99':>6}")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    for target, row in table.items():
+        print(f"{target:<30} {row['count']:>5} {row['skipped']:>4} {fmt(row['detect_p50_s']):>10} "
+              f"{fmt(row['detect_p99_s']):>6} {fmt(row['recover_p50_s']):>11} {fmt(row['recover_p99_s']):>6}")
+
+
 def summarize(chaos: RunRecord, baseline: RunRecord | None, plan: ChaosPlan) -> dict[str, Any]:
     keys = chaos.keys
     results = keys["results"]
@@ -474,23 +511,7 @@ def summarize(chaos: RunRecord, baseline: RunRecord | None, plan: ChaosPlan) -> 
     if baseline is not None:
         base = [float(r["auc"]) for r in baseline.keys["results"] if r.get("auc") is not None]
         base_auc = statistics.fmean(base) if base else None
-    by_target: dict[str, dict[str, Any]] = {}
-    for d in chaos.done:
-        target = d.target.rpartition("-")[0] if d.target and d.kind != "redis" and d.kind != "operator" else d.kind
-        key = f"{target} ({d.kind})" if d.kind in ("hang", "corrupt", "unwritable") else target
-        row = by_target.setdefault(key, {"count": 0, "detected_s": [], "recovered_s": [], "skipped": 0})
-        row["count"] += 1
-        if d.skipped:
-            row["skipped"] += 1
-        if d.detected_s is not None:
-            row["detected_s"].append(d.detected_s)
-        if d.recovered_s is not None:
-            row["recovered_s"].append(d.recovered_s)
-    table = {k: {"count": v["count"], "skipped": v["skipped"],
-                 "detect_p50_s": percentile(v["detected_s"], 0.5), "detect_p99_s": percentile(v["detected_s"], 0.99),
-                 "recover_p50_s": percentile(v["recovered_s"], 0.5),
-                 "recover_p99_s": percentile(v["recovered_s"], 0.99)}
-             for k, v in sorted(by_target.items())}
+    table = target_table((row_key(d.kind, d.target), d.skipped, d.detected_s, d.recovered_s) for d in chaos.done)
     descriptions = [str(r.get("description", "")) for recs in keys["recoveries"].values() for r in recs.values()]
     corrupt_found = sum(len(re.findall(r"checkpoint \S+ corrupt", d)) for d in descriptions)
 
@@ -532,14 +553,7 @@ def print_table(s: dict[str, Any]) -> None:
     print(f"\nchaos run: {s['status']} after {s['chaos_minutes']} min (failure-free: {s['baseline_minutes']} min); "
           f"{s['failures_total']} failures: {s['replica_failures']} of replicas, {s['redis_kills']} of Redis, "
           f"{s['operator_kills']} of the operator")
-    print(f"{'target':<30} {'count':>5} {'skip':>4} {'detect p50':>10} {'p99':>6} {'recover p50':>11} {'p99':>6}")
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}"
-
-    for target, row in s["by_target"].items():
-        print(f"{target:<30} {row['count']:>5} {row['skipped']:>4} {fmt(row['detect_p50_s']):>10} "
-              f"{fmt(row['detect_p99_s']):>6} {fmt(row['recover_p50_s']):>11} {fmt(row['recover_p99_s']):>6}")
+    print_target_rows(s["by_target"])
     print(f"samples {s['samples']}, lost {s['lost_samples']}, PLS {s['pls']}; AUC {s['auc']} vs failure-free "
           f"{s['auc_failure_free']} (delta {s['auc_delta']})")
     print(f"corrupt checkpoints: {len(s['corruptions'])} made, {s['corrupt_checkpoints_found']} found, "

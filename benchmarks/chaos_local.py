@@ -49,7 +49,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chaos import ChaosPlan, Event, chaos_manifest, corrupt_newest_full, job_processes, percentile, schedule  # noqa: E402
+from chaos import (  # noqa: E402
+    ChaosPlan,
+    Event,
+    chaos_manifest,
+    corrupt_newest_full,
+    job_processes,
+    print_target_rows,
+    row_key,
+    schedule,
+    target_table,
+)
 
 from trainingjob_operator.api import parse_manifest  # noqa: E402
 from trainingjob_operator.coordination import Coordination  # noqa: E402
@@ -283,21 +293,7 @@ def _match_failures(run: LocalRun, started: float | None) -> None:
 
 def summarize(chaos: LocalRun, baseline: LocalRun | None, plan: ChaosPlan) -> dict[str, Any]:
     s = chaos.summary
-    by_target: dict[str, dict[str, Any]] = {}
-    for d in chaos.done:
-        role = d.target.rpartition("-")[0] if d.kind in ("kill", "hang", "corrupt") else d.kind
-        key = f"{role} ({d.kind})" if d.kind in ("hang", "corrupt") else role
-        row = by_target.setdefault(key, {"count": 0, "skipped": 0, "detected_s": [], "recovered_s": []})
-        row["count"] += 1
-        row["skipped"] += d.skipped
-        if d.detected_s is not None:
-            row["detected_s"].append(d.detected_s)
-        if d.recovered_s is not None:
-            row["recovered_s"].append(d.recovered_s)
-    table = {k: {"count": v["count"], "skipped": v["skipped"],
-                 "detect_p50_s": percentile(v["detected_s"], 0.5), "detect_p99_s": percentile(v["detected_s"], 0.99),
-                 "recover_p50_s": percentile(v["recovered_s"], 0.5),
-                 "recover_p99_s": percentile(v["recovered_s"], 0.99)} for k, v in sorted(by_target.items())}
+    table = target_table((row_key(d.kind, d.target), d.skipped, d.detected_s, d.recovered_s) for d in chaos.done)
 
     def loads_after(c: dict[str, Any]) -> list[str]:
         return [str(r.get("description", "")) for r in chaos.recoveries.get(c["replica"], {}).values()
@@ -337,14 +333,7 @@ def print_table(s: dict[str, Any]) -> None:
     print(f"\nlocal chaos run: {s['status']} after {s['chaos_minutes']} min (failure-free: {s['baseline_minutes']} "
           f"min); {s['failures_total']} failures: {s['replica_failures']} of replicas, {s['redis_kills']} of Redis, "
           f"{s['supervisor_kills']} of the supervisor ({s['resumes']} resumes, {s['redis_restarts']} Redis restarts)")
-    print(f"{'target':<30} {'count':>5} {'skip':>4} {'detect p50':>10} {'p99':>6} {'recover p50':>11} {'p99':>6}")
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}"
-
-    for target, row in s["by_target"].items():
-        print(f"{target:<30} {row['count']:>5} {row['skipped']:>4} {fmt(row['detect_p50_s']):>10} "
-              f"{fmt(row['detect_p99_s']):>6} {fmt(row['recover_p50_s']):>11} {fmt(row['recover_p99_s']):>6}")
+    print_target_rows(s["by_target"])
     print(f"samples {s['samples']}, lost {s['lost_samples']}, PLS {s['pls']}; AUC {s['auc']} vs failure-free "
           f"{s['auc_failure_free']} (delta {s['auc_delta']})")
     print(f"corrupt checkpoints: {len(s['corruptions'])} made, {s['corruptions_fallen_back_from']} fallen back from, "

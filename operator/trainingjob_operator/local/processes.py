@@ -23,6 +23,8 @@ from typing import Protocol
 import psutil
 
 from trainingjob_operator.api.exits import recorded_exit
+from trainingjob_operator.local.keeper import process_of
+from trainingjob_operator.local.runstate import ProcessRef
 
 
 class ProcessHandle(Protocol):
@@ -55,11 +57,7 @@ class AdoptedProcess:
         return self._pid
 
     def _process(self) -> psutil.Process | None:
-        with contextlib.suppress(psutil.Error):
-            process = psutil.Process(self._pid)
-            if abs(process.create_time() - self.started_at) < 0.05 and process.status() != psutil.STATUS_ZOMBIE:
-                return process
-        return None
+        return process_of(ProcessRef(self._pid, self.started_at))
 
     def poll(self) -> int | None:
         if self.returncode is None and self._process() is None:

@@ -142,6 +142,8 @@ class LocalSupervisor:
         self.resumes = 0
         self._redis_retry_at = 0.0
         self._state_text = ""
+        self._me = ref_of(os.getpid())  # this supervisor, as the state file names it
+        self.digest = manifest_digest(job.to_wire())  # the manifest this run was started with
 
     # --- observing -------------------------------------------------------------------------
     def observe(self) -> dict[ReplicaId, ObservedReplica]:
@@ -471,12 +473,9 @@ class LocalSupervisor:
         self.started = time.time()
         return embedded
 
-    def _digest(self) -> str:
-        return manifest_digest(self.job.to_wire())
-
     def _run_to_resume(self) -> RunState:
         state = read_state(self.state_path)
-        problem = resume_problem(state, self._digest(), process_of(state.supervisor) is not None)
+        problem = resume_problem(state, self.digest, process_of(state.supervisor) is not None)
         if problem is not None:
             raise StateError(f"cannot resume {self.job.name} in {self.workdir}: {problem}")
         if memory_from_status(state.memory) is None:
@@ -554,11 +553,10 @@ class LocalSupervisor:
         self._save_state()
 
     def _state(self, ended: str | None = None) -> RunState:
-        me = psutil.Process()
         return RunState(
-            run_id=self.run_id, manifest_digest=self._digest(), started=self.started,
+            run_id=self.run_id, manifest_digest=self.digest, started=self.started,
             orphan_grace_s=self.options.orphan_grace_s, redis_url=self.redis_url or "",
-            supervisor=ProcessRef(me.pid, me.create_time()), keeper=self.keeper_ref, redis=self.redis_ref,
+            supervisor=self._me, keeper=self.keeper_ref, redis=self.redis_ref,
             ended=ended,
             memory={COORDINATOR_KEY: memory_to_dict(self.memory),
                     "conditions": [c.to_wire() for c in self.memory.conditions]},
