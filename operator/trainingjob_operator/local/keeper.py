@@ -48,7 +48,7 @@ def ref_of(pid: int) -> ProcessRef:
 
 def processes_of_run(run_id: str) -> list[psutil.Process]:
     """Every live process whose environment marks it as part of this run (replicas, their children,
-    standbys, the embedded Redis)."""
+    standbys; the embedded Redis is found by its ProcessRef in the state file)."""
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):

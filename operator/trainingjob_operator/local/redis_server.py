@@ -6,7 +6,6 @@ so `trainingjob run` works on a laptop without installing Redis.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -39,9 +38,8 @@ class EmbeddedRedis:
     """``with EmbeddedRedis(dir) as url:`` starts redis-server and stops it on exit."""
 
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False,
-                 host: str = "127.0.0.1", password: str | None = None, env: dict[str, str] | None = None) -> None:
+                 host: str = "127.0.0.1", password: str | None = None) -> None:
         self.workdir = workdir
-        self.env = env or {}  # added to the server's environment (a local run marks its processes)
         self.password = password  # requirepass: the default user needs it (the URL carries it)
         self.host = host  # e.g. a test bridge's address, so pods in their own network namespaces reach it
         self.port = port or free_port()
@@ -64,8 +62,7 @@ class EmbeddedRedis:
         if self.password:
             args += ["--requirepass", self.password]
         log = (self.workdir / "redis.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **self.env}, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5, password=self.password)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -443,8 +443,7 @@ class LocalSupervisor:
             return
         assert self.redis_url is not None
         port = int(self.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-        self.embedded = EmbeddedRedis(self.workdir / "redis", port=port, appendonly=True,
-                                      env={RUN_ID_ENV: self.run_id})
+        self.embedded = EmbeddedRedis(self.workdir / "redis", port=port, appendonly=True)
         try:
             self.embedded.start()
         except RuntimeError as e:
@@ -463,7 +462,7 @@ class LocalSupervisor:
         if not url:
             # AOF, so a Redis that died with its supervisor comes back with the job's state on --resume.
             shutil.rmtree(self.workdir / "redis" / "appendonlydir", ignore_errors=True)  # not an older run's
-            embedded = EmbeddedRedis(self.workdir / "redis", appendonly=True, env={RUN_ID_ENV: self.run_id})
+            embedded = EmbeddedRedis(self.workdir / "redis", appendonly=True)
             url = embedded.start()
             self.redis_ref = ref_of(embedded.process.pid)  # type: ignore[union-attr]
         self.redis_url = url
