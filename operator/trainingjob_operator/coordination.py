@@ -227,6 +227,42 @@ class Coordination:
     def unregister(self, role: str, rank: int) -> None:
         self.r.delete(self.key("members", role, rank))
 
+    # --- warm standbys ------------------------------------------------------------------------
+    # A standby offers itself in the ``standbys`` hash (its instance -> role and the time it last said so); the
+    # coordinator picks a fresh one and pushes the assignment (a rank, a generation) onto its own list, which the
+    # standby blocks on. Blocking on a list costs nothing while waiting and wakes the standby at once.
+    ASSIGNMENT_TTL_S = 86_400
+
+    def offer_standby(self, role: str, instance: str, endpoint: str = "") -> None:
+        self.r.hset(self.key("standbys"), instance,
+                    json.dumps({"role": role, "endpoint": endpoint, "seen": time.time()}))
+
+    def standbys(self) -> dict[str, dict[str, Any]]:
+        raw: dict[str, str] = self.r.hgetall(self.key("standbys"))  # type: ignore[assignment]
+        return {str(instance): json.loads(value) for instance, value in raw.items()}
+
+    def withdraw_standby(self, instance: str) -> None:
+        self.r.hdel(self.key("standbys"), instance)
+
+    def assign_standby(self, instance: str, assignment: dict[str, Any]) -> None:
+        key = self.key("assignment", instance)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(key, json.dumps(assignment))
+        pipe.expire(key, self.ASSIGNMENT_TTL_S)
+        pipe.execute()
+
+    def pending_assignment(self, instance: str) -> bool:
+        """Whether an assignment waits, not yet taken by its standby."""
+        return bool(self.r.llen(self.key("assignment", instance)))
+
+    def await_assignment(self, instance: str, timeout_s: float) -> dict[str, Any] | None:
+        """The standby's side: the next assignment, or None after ``timeout_s``."""
+        got = self.r.blpop([self.key("assignment", instance)], timeout=timeout_s)
+        if got is None:
+            return None
+        assignment: dict[str, Any] = json.loads(got[1])
+        return assignment
+
     # --- generation and failures -----------------------------------------------------------
     def generation(self) -> int:
         value = self.r.get(self.key("generation"))

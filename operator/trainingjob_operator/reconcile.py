@@ -118,6 +118,7 @@ class ObservedReplica:
     deleting_until: float | None = None  # when its graceful termination should be over (deletionTimestamp)
     waiting_reason: str | None = None  # why a pending replica cannot start (STUCK_WAITING_REASONS)
     waiting_message: str = ""  # the kubelet's or scheduler's words for it
+    handle: str = ""  # the shell's own name for it when not derived from the id (a standby pod that took it over)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from trainingjob_operator.api.spec import Role
 def main() -> int:
     logging.basicConfig(level=os.environ.get("TJ_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if os.environ.get("TJ_STANDBY") == "1":  # a warm standby pod: wait for a rank, then run it (in main again)
+        from dlrm_trainer.standby import serve_in_pod
+
+        return serve_in_pod()
     try:
         renv = replica_env()
         import torch

@@ -1,10 +1,16 @@
-"""A warm standby replica: ``python -m dlrm_trainer.standby ROLE``.
+"""Warm standby replicas: processes that have paid for their imports and wait to become a replica.
 
-It imports everything its role needs (torch, grpc, torchrec for trainers: seconds on a small
-machine), then waits for one line on stdin: ``{"env": {...}, "log": PATH}``, the replica it becomes.
-The coordinator keeps one per role so a replacement starts without paying the imports: that is
-time survivors would otherwise spend waiting on a lost embedding shard. An empty stdin (the
-coordinator went away or retired the standby) exits 0.
+A replacement that starts cold spends seconds importing torch, grpc and the model (and on Kubernetes
+scheduling and pulling its image too) while the survivors wait on its shard. A standby has done that
+already. Two ways to wait, one per backend:
+
+- locally, ``python -m dlrm_trainer.standby ROLE`` waits for one line on stdin:
+  ``{"env": {...}, "log": PATH}``, the replica it becomes. An empty stdin (the supervisor went away or
+  retired the standby) exits 0.
+- in a pod, ``python -m dlrm_trainer`` with ``TJ_STANDBY=1`` (the pod the operator renders for
+  ``recovery.standby``) offers itself in the job's Redis and blocks on its assignment list: a rank and a
+  generation. A server standby answers the gRPC health checks of its pod's probes while it waits, and
+  stops answering just before the real server binds the port.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 
 
 def warm_up(role: str) -> None:
@@ -37,6 +44,40 @@ def become(assignment: dict[str, object]) -> int:
     from dlrm_trainer.__main__ import main as replica_main
 
     return replica_main()
+
+
+OFFER_EVERY_S = 1.0  # a standby says it is alive this often (the coordinator skips silent ones)
+
+
+def serve_in_pod(environ: Mapping[str, str] | None = None) -> int:
+    """A standby pod's life: warm up, offer itself, wait, then run the rank it is assigned (in this process)."""
+    from trainingjob_operator.api.spec import Role
+    from trainingjob_operator.coordination import Coordination
+
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    role = Role(env["TJ_ROLE"])
+    warm_up(role.value)
+    from dlrm_trainer import rpc
+
+    instance = env.get("TJ_INSTANCE") or str(os.getpid())
+    coord = Coordination(env["TJ_REDIS_URL"], env.get("TJ_NAMESPACE", "default"), env["TJ_JOB"],
+                         username=env.get("TJ_REDIS_USERNAME") or None, password=env.get("TJ_REDIS_PASSWORD") or None)
+    health = None
+    if role in (Role.EMBEDDING_SERVER, Role.SYNC_SERVER):
+        health = rpc.Server("trainingjob.Standby", {}, host="0.0.0.0", port=int(env.get("TJ_GRPC_PORT") or 0))
+        health.start()
+    print(f"standby {role.value} ready (instance {instance})", flush=True)
+    assignment = None
+    while assignment is None:
+        coord.offer_standby(role.value, instance, env.get("POD_IP", ""))
+        assignment = coord.await_assignment(instance, OFFER_EVERY_S)
+    coord.withdraw_standby(instance)
+    print(f"standby {role.value} assigned rank {assignment['rank']} (generation {assignment['generation']})",
+          flush=True)
+    if health is not None:
+        health.stop(grace=0)  # the server about to start binds this port
+    os.environ.pop("TJ_STANDBY", None)
+    return become({"env": {"TJ_RANK": assignment["rank"], "TJ_GENERATION": assignment["generation"]}})
 
 
 def main() -> int:

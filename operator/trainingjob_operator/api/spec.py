@@ -485,6 +485,23 @@ class FailurePolicySpec(ApiModel):
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
 
 
+class StandbySpec(ApiModel):
+    """Warm standby replicas per role: processes (pods on Kubernetes) that have imported torch and connected to
+    Redis, waiting for a failed rank to take over. A replacement then skips scheduling, the image pull and the
+    imports while the survivors wait for it."""
+
+    trainer: int = Field(default=0, ge=0, le=16, description="Warm trainers: they work with any checkpoint storage.")
+    embedding_server: int = Field(
+        default=0, ge=0, le=16, description="Warm embedding servers. Kubernetes: needs checkpoints a standby pod can "
+        "reach for any rank (volume sharedClaim with ReadWriteMany, or objectStore); a ReadWriteOnce claim per rank "
+        "cannot be mounted by a pod that is already running.")
+    sync_server: int = Field(default=0, ge=0, le=16, description="Warm sync servers (same storage rule).")
+
+    def count(self, role: Role) -> int:
+        return {Role.TRAINER: self.trainer, Role.EMBEDDING_SERVER: self.embedding_server,
+                Role.SYNC_SERVER: self.sync_server}.get(role, 0)
+
+
 class RecoverySpec(ApiModel):
     """What happens when a replica fails (ARCHITECTURE.md §4-5)."""
 
@@ -509,6 +526,8 @@ class RecoverySpec(ApiModel):
         default=1800.0, ge=10.0, le=86_400.0,
         description="Trainers wait this long for a lost server's replacement (scheduling, image pull, shard "
         "load) before giving up; they show 'waiting for <replica>' meanwhile.")
+    standby: StandbySpec = Field(
+        default_factory=StandbySpec, description="Warm standby replicas per role, taking over failed ranks.")
 
 
 class RedisSpec(ApiModel):
@@ -644,6 +663,23 @@ class TrainingJobSpec(ApiModel):
                                  "checkpoints to a filesystem; use volume sharedClaim")
         elif self.pytorch is not None:
             raise ValueError("pytorch is set but workload is dlrm: set workload: pytorch, or remove pytorch")
+        return self
+
+    @model_validator(mode="after")
+    def _standby_storage(self) -> TrainingJobSpec:
+        standby, checkpoint = self.recovery.standby, self.recovery.checkpoint
+        if self.workload is Workload.PYTORCH and standby != StandbySpec():
+            raise ValueError("recovery.standby: a pytorch workload restarts its workers in place; standbys are for "
+                             "the dlrm roles")
+        per_rank_claims = (checkpoint.volume.kind is CheckpointVolumeKind.CLAIM_PER_REPLICA
+                           and checkpoint.object_store is None)
+        for role in (Role.EMBEDDING_SERVER, Role.SYNC_SERVER):
+            if standby.count(role) and per_rank_claims:
+                raise ValueError(
+                    f"recovery.standby.{_camel(role)}: a standby server must reach the checkpoints of whichever rank "
+                    "it takes over, and a running pod cannot mount another rank's ReadWriteOnce claim "
+                    "(volume kind claimPerReplica); use recovery.checkpoint.volume.kind sharedClaim (ReadWriteMany) "
+                    "or recovery.checkpoint.objectStore, or set it to 0")
         return self
 
     def roles(self) -> tuple[Role, ...]:

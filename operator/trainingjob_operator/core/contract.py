@@ -50,7 +50,9 @@ OBJECT_STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 CONTRACT_ENV = frozenset({"TJ_JOB", "TJ_NAMESPACE", "TJ_ROLE", "TJ_RANK", "TJ_REDIS_URL", "TJ_SPEC", "POD_IP",
                           "TJ_INSTANCE", "TJ_GENERATION", "TJ_CHECKPOINT_DIR", "TJ_GRPC_PORT", "TJ_REDIS_USERNAME",
-                          "TJ_REDIS_PASSWORD", "TJ_MASTER_PORT"})
+                          "TJ_REDIS_PASSWORD", "TJ_MASTER_PORT", "TJ_STANDBY"})
+# A standby's environment lacks these: they come with its assignment (``standby_env``).
+ASSIGNED_ENV = ("TJ_RANK", "TJ_GENERATION")
 REDIS_SECRET_KEYS = ("username", "password")  # of the job's Redis Secret (``<job>-redis``)
 
 
@@ -138,6 +140,15 @@ def replica_env(job: TrainingJob, rid: ReplicaId, *, redis_url: str, generation:
     ours = CONTRACT_ENV | {name for name, _ in contract}
     extra = job.spec.replicas.for_role(rid.role).env
     return [*((k, v) for k, v in sorted(extra.items()) if k not in ours), *contract]
+
+
+def standby_env(job: TrainingJob, role: Role, *, redis_url: str, placement: Placement,
+                redis_secret: str | None = None) -> list[tuple[str, EnvValue]]:
+    """A warm standby's environment: its role's replica env without a rank or a generation, which its
+    assignment brings, and ``TJ_STANDBY=1``, which makes the entrypoint wait for that assignment."""
+    env = replica_env(job, ReplicaId(role, 0), redis_url=redis_url, generation=0, placement=placement,
+                      redis_secret=redis_secret)
+    return [*((k, v) for k, v in env if k not in ASSIGNED_ENV), ("TJ_STANDBY", "1")]
 
 
 def literal_env(env: list[tuple[str, EnvValue]]) -> dict[str, str]:

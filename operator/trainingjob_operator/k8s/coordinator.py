@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import functools
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +50,7 @@ from trainingjob_operator.api.spec import (
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination, grant_job_user, job_user, job_user_exists
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, trainer_rollbacks
+from trainingjob_operator.core.standby import StandbyView, pick_standby, plan_standbys
 from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.k8s import kueue, resources
 from trainingjob_operator.k8s.config import OperatorConfig
@@ -72,6 +74,7 @@ from trainingjob_operator.k8s.reporting import (
 )
 from trainingjob_operator.memory_codec import memory_from_status
 from trainingjob_operator.reconcile import (
+    CREATE_GRACE_S,
     HUNG_REASONS,
     ConditionType,
     CreateReason,
@@ -156,6 +159,15 @@ def read_heartbeats(coord: Coordination, spec: TrainingJobSpec, now: float) -> H
     return HeartbeatSnapshot(read_at=now, members=members)
 
 
+def _assign(coord: Coordination, *, instance: str, assignment: dict[str, Any]) -> bool:
+    coord.assign_standby(instance, assignment)
+    return True
+
+
+def read_standby_offers(coord: Coordination) -> dict[str, float]:
+    return {instance: float(offer.get("seen") or 0.0) for instance, offer in coord.standbys().items()}
+
+
 def _checkpoint_time(pointer: Mapping[str, Any] | None) -> float | None:
     value = (pointer or {}).get("time")
     return float(value) if isinstance(value, int | float) else None
@@ -229,6 +241,10 @@ class JobCoordinator:
         self.redis_url: str
         self.coord: Coordination
         self._spec_raw: Any = None
+        self.standby_offers: dict[str, float] | None = None  # standby pod UID -> when it last offered itself
+        self.standby_created: dict[str, StandbyView] = {}  # standby pods created, not yet seen by the watch
+        self.standby_deleted: set[str] = set()  # standby pods we asked to delete
+        self.standby_taken: set[str] = set()  # standby pod UIDs that took a rank over (the watch may still lag)
 
     def poke(self) -> None:
         """Something about the job changed (a pod event, deletion): step now."""
@@ -390,6 +406,8 @@ class JobCoordinator:
                              heard_since=self.heard_since if self.heard_since is not None else now, hold=hold,
                              checkpoint_failures=self.checkpoint_failures)
         self.memory = await self._apply(decision, observed)
+        standbys = await self._keep_standbys(now, active=hold is None and not self.memory.phase.finished
+                                             and self.memory.phase is not Phase.SUSPENDED)
         if self.memory.phase.finished:
             await self._finish_workload(now)
         await self._force_delete_stuck_terminations(observed, now)
@@ -398,7 +416,7 @@ class JobCoordinator:
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
             self._start_tuning(now)
         await self._report(dataclasses.replace(decision, memory=self.memory))
-        self.done = self.memory.phase.finished and not decision.actions and not any(
+        self.done = self.memory.phase.finished and not decision.actions and not standbys and not any(
             o.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not o.deleting for o in observed.values())
         self.ctx.metrics.reconcile.observe(time.perf_counter() - started)
 
@@ -425,7 +443,12 @@ class JobCoordinator:
         self.next_tune_at = 0.0
 
     def _observe(self, now: float) -> dict[ReplicaId, ObservedReplica]:
-        observed = {obs.id: obs for obs in self.pods.get(self.key, ()) if isinstance(obs, ObservedReplica)}
+        observed: dict[ReplicaId, ObservedReplica] = {}
+        # One pod per replica, except for a moment around a takeover or an operator restart: then the one not
+        # being deleted, else the newer, is the replica.
+        for pod in sorted((o for o in self.pods.get(self.key, ()) if isinstance(o, ObservedReplica)),
+                          key=lambda o: (not o.deleting, o.started_at or 0.0)):
+            observed[pod.id] = pod
         self.requested_deletes = {
             rid: uid for rid, uid in self.requested_deletes.items()
             if (obs := observed.get(rid)) is not None and obs.instance == uid
@@ -456,7 +479,7 @@ class JobCoordinator:
         return memory
 
     async def _delete(self, action: DeleteReplica, obs: ObservedReplica | None, hung: set[ReplicaId]) -> None:
-        name = resources.pod_name(self.job.name, action.id)
+        name = obs.handle if obs is not None and obs.handle else resources.pod_name(self.job.name, action.id)
         finished = obs is not None and obs.phase in (ReplicaPhase.FAILED, ReplicaPhase.SUCCEEDED)
         grace = 0 if finished or action.id in hung else None  # nothing to shut down gracefully
         uid = obs.instance if obs is not None else None
@@ -474,6 +497,13 @@ class JobCoordinator:
         attempts, retry_at = self.create_retry_at.get(action.id, (0, 0.0))
         if self.clock() < retry_at:
             return _forget_create(memory, action)  # backing off: the core asks again next step
+        if action.reason is CreateReason.REPLACEMENT and self.job.spec.recovery.standby.count(action.id.role):
+            standby = await self._take_over(action)
+            if standby is not None:
+                self._replaced(action, memory)
+                self.log.info("standby took over", pod=standby.name, replica=action.id.name,
+                              generation=action.generation)
+                return memory
         manifest = resources.render_pod(self.job, action.id, owner=self.owner, redis_url=self.redis_url,
                                         generation=action.generation, redis_secret=self.redis_secret)
         manifest = kueue.with_node_labels(manifest, self.flavor_labels.get(action.id.role.value, {}))
@@ -492,14 +522,97 @@ class JobCoordinator:
             memory = dataclasses.replace(memory, create_errors={
                 k: v for k, v in memory.create_errors.items() if k != action.id.name})
         if action.reason is CreateReason.REPLACEMENT:
-            failed_at = self.failed_at.get(action.generation)
-            if failed_at is not None:
-                self.ctx.metrics.failure_to_replacement.observe(max(0.0, self.clock() - failed_at))
-                self.awaiting_ready[action.id] = failed_at
-            self.ctx.metrics.restarts.labels(action.id.role.value).inc()
+            self._replaced(action, memory)
         self.log.info("pod created" if created else "pod exists", pod=name, reason=action.reason,
                       generation=action.generation)
         return memory
+
+    def _replaced(self, action: CreateReplica, memory: JobMemory) -> None:
+        failed_at = self.failed_at.get(action.generation)
+        if failed_at is not None:
+            self.ctx.metrics.failure_to_replacement.observe(max(0.0, self.clock() - failed_at))
+            self.awaiting_ready[action.id] = failed_at
+        self.ctx.metrics.restarts.labels(action.id.role.value).inc()
+
+    # --- warm standbys ----------------------------------------------------------------------------
+    def _standby_views(self) -> list[StandbyView]:
+        seen = {v.name: v for v in self.pods.get(self.key, ()) if isinstance(v, StandbyView)}
+        # Created but not in the watch yet: count them, or the next step would create them again.
+        now = self.clock()
+        self.standby_created = {name: v for name, v in self.standby_created.items()
+                                if name not in seen and now - (v.created_at or now) < CREATE_GRACE_S}
+        self.standby_deleted &= set(seen)
+        self.standby_taken &= {v.instance for v in seen.values()}
+        views = [*(v for v in seen.values() if v.instance not in self.standby_taken), *self.standby_created.values()]
+        return [dataclasses.replace(v, deleting=True) if v.name in self.standby_deleted else v for v in views]
+
+    async def _take_over(self, action: CreateReplica) -> StandbyView | None:
+        """Hand the failed rank to a fresh standby: its assignment through Redis first (it starts becoming the
+        replica at once), then its labels (the replica's pod from now on). Should the operator die between the
+        two, the standby runs the rank unlabelled; the core's create then times out and starts a cold pod, whose
+        registration fences the standby (it exits, and its pod is retired as a failed standby)."""
+        role, now = action.id.role, self.clock()
+        offers = await self._redis(read_standby_offers)
+        if offers is None:
+            return None
+        self.standby_offers = offers
+        views = self._standby_views()
+        timeout = self.job.spec.recovery.heartbeat_timeout_seconds
+        while (standby := pick_standby(role, views, offers, now, timeout)) is not None:
+            views.remove(standby)
+            assignment = {"rank": action.id.rank, "generation": action.generation, "assigned_at": now}
+            if await self._redis(functools.partial(_assign, instance=standby.instance, assignment=assignment)) is None:
+                return None  # Redis went away: a cold replacement
+            patch = resources.assignment_patch(standby.instance, action.id.rank, action.generation, now)
+            try:
+                if await self.ctx.kube.patch_pod(self.job.namespace, standby.name, patch):
+                    self.standby_taken.add(standby.instance)
+                    return standby
+            except KubeError as e:
+                self.log.error("standby relabel failed", pod=standby.name, error=str(e))
+            # Not that pod any more (deleted, taken): retire it, lest it run the rank it was just assigned.
+            await self._delete_standby(standby)
+        return None
+
+    async def _keep_standbys(self, now: float, *, active: bool) -> list[StandbyView]:
+        """``recovery.standby`` live standbys per role while the job runs; none once it is finished, suspended or
+        held. Returns the standbys that remain."""
+        views = self._standby_views()
+        if not views and not any(self.job.spec.recovery.standby.count(r) for r in self.job.spec.roles()):
+            return []
+        plan = plan_standbys(self.job.spec, views, active=active, offers=self.standby_offers, now=now)
+        for view in views:
+            if view.name in plan.delete:
+                await self._delete_standby(view)
+        for role, count in plan.create.items():
+            for _ in range(count):
+                await self._create_standby(role, now)
+        return [v for v in self._standby_views() if not v.deleting]
+
+    async def _create_standby(self, role: Role, now: float) -> None:
+        suffix = secrets.token_hex(3)
+        manifest = resources.render_standby_pod(self.job, role, suffix, owner=self.owner, redis_url=self.redis_url,
+                                                redis_secret=self.redis_secret)
+        manifest = kueue.with_node_labels(manifest, self.flavor_labels.get(role.value, {}))
+        name = manifest["metadata"]["name"]
+        try:
+            await self.ctx.kube.create_pod(self.job.namespace, manifest)
+        except KubeError as e:
+            self.log.error("standby create failed", pod=name, error=str(e))
+            return
+        self.standby_created[name] = StandbyView(name=name, role=role, instance="", phase=ReplicaPhase.PENDING,
+                                                 created_at=now)
+        self.log.info("standby created", pod=name, role=role.value)
+
+    async def _delete_standby(self, view: StandbyView) -> None:
+        self.standby_created.pop(view.name, None)
+        try:
+            await self.ctx.kube.delete_pod(self.job.namespace, view.name, uid=view.instance or None, grace_period_s=0)
+        except KubeError as e:
+            self.log.error("standby delete failed", pod=view.name, error=str(e))
+            return
+        self.standby_deleted.add(view.name)
+        self.log.info("standby deleted", pod=view.name, phase=view.phase.value)
 
     async def _record_failure(self, record: RecordFailure) -> None:
         f = record.failure
@@ -528,7 +641,7 @@ class JobCoordinator:
         for obs in stuck_terminating(observed, now, self.ctx.config.force_delete_margin_s):
             if self.forced.get(obs.id) == obs.instance:
                 continue
-            name = resources.pod_name(self.job.name, obs.id)
+            name = obs.handle or resources.pod_name(self.job.name, obs.id)
             try:
                 await self.ctx.kube.delete_pod(self.job.namespace, name, uid=obs.instance, grace_period_s=0)
             except KubeError as e:
@@ -634,6 +747,8 @@ class JobCoordinator:
         spec = self.job.spec
         self.heartbeats = await self._redis(lambda c: read_heartbeats(c, spec, now))
         self.checkpoint_failures = await self._redis(lambda c: c.checkpoint_health())
+        if any(spec.recovery.standby.count(r) for r in spec.roles()):
+            self.standby_offers = await self._redis(read_standby_offers)
         # Silence counts from the first read after a gap (the coordinator's start, or Redis coming back).
         if self.heartbeats is None:
             self.heard_since = None

@@ -39,12 +39,13 @@ import kopf
 from trainingjob_operator.api.loading import ManifestError
 from trainingjob_operator.api.spec import GROUP, PLURAL, VERSION, TrainingJobSpec, frozen_change
 from trainingjob_operator.coordination import revoke_job_user
+from trainingjob_operator.core.standby import StandbyView
 from trainingjob_operator.k8s import resources
 from trainingjob_operator.k8s.config import OperatorConfig
 from trainingjob_operator.k8s.coordinator import JobCoordinator, JobKey, OperatorContext
 from trainingjob_operator.k8s.kube import Kube
 from trainingjob_operator.k8s.metrics import Metrics
-from trainingjob_operator.k8s.observe import observe_pod
+from trainingjob_operator.k8s.observe import observe_pod, observe_standby
 from trainingjob_operator.k8s.reporting import invalid_spec_status
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -105,14 +106,21 @@ def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
 # Pod handlers are async on purpose: kopf runs sync handlers in a thread pool, one hop per event.
 @kopf.index("v1", "pods", labels=JOB_PODS)
 async def tj_pods(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """(namespace, job) -> ObservedReplica, only for pods named as the operator names them."""
+    """(namespace, job) -> ObservedReplica, only for pods named as the operator names them (a replica's own
+    name, or a standby's that took the replica over), and StandbyView for warm standbys still waiting."""
     job = labels[resources.LABEL_JOB]
     if namespace is None:
         return {}
     observed = observe_pod(body)
-    if observed is None or resources.pod_name(job, observed.id) != name:
+    if observed is not None:
+        rid = observed.id
+        if name != resources.pod_name(job, rid) and not resources.is_standby_name(job, rid.role, name):
+            return {}
+        return {(namespace, job): observed}
+    standby = observe_standby(body)
+    if standby is None or not resources.is_standby_name(job, standby.role, name):
         return {}
-    return {(namespace, job): observed}
+    return {(namespace, job): standby}
 
 
 @kopf.on.event("v1", "pods", labels=JOB_PODS)
@@ -188,7 +196,9 @@ async def delete_children(body: kopf.Body, name: str, namespace: str | None, mem
     # Only what this TrainingJob owns: a same-named Service or ConfigMap of someone else's stays.
     uid = resources.Owner.of(body).uid or None
     for observed in list(pods_index(kwargs).get(key, ())):
-        await ctx.kube.delete_object(ns, "pods", resources.pod_name(name, observed.id), owner_uid=uid)
+        pod = observed.name if isinstance(observed, StandbyView) else observed.handle or resources.pod_name(
+            name, observed.id)
+        await ctx.kube.delete_object(ns, "pods", pod, owner_uid=uid)
     await ctx.kube.delete_object(ns, "services", resources.service_name(name), owner_uid=uid)
     await ctx.kube.delete_object(ns, "configmaps", resources.config_map_name(name), owner_uid=uid)
     await ctx.kube.delete_object(ns, "secrets", resources.redis_secret_name(name), owner_uid=uid)

@@ -28,6 +28,7 @@ from kopf._cogs.clients import errors as _errors
 from trainingjob_operator.api.spec import GROUP, PLURAL, VERSION
 
 _MERGE = {"Content-Type": "application/merge-patch+json"}
+_JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 
 class KubeError(Exception):
@@ -110,6 +111,19 @@ class Kube:
             await self._call("delete", _core(namespace, "pods", name), "delete pods", options)
         except (NotFound, Conflict):
             return False  # gone, or already replaced by a pod with another UID
+        return True
+
+    async def patch_pod(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> bool:
+        """Apply a JSON patch to a pod; False when its ``test`` operations failed (422, never retried) or it is
+        gone."""
+        try:
+            await self._call("patch", _core(namespace, "pods", name), "patch pods", operations, _JSON_PATCH)
+        except NotFound:
+            return False
+        except KubeError as e:
+            if e.code == 422:
+                return False
+            raise
         return True
 
     async def _create(self, url: str, what: str, manifest: dict[str, Any]) -> bool:

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from trainingjob_operator.k8s.resources import CONTAINER, replica_of
+from trainingjob_operator.core.standby import StandbyView
+from trainingjob_operator.k8s.resources import ANNOTATION_ASSIGNED_AT, CONTAINER, replica_of, standby_of
 from trainingjob_operator.reconcile import STUCK_WAITING_REASONS, ObservedReplica, ReplicaId, ReplicaPhase
 
 # Pod phase -> replica phase. "Unknown" (node unreachable) stays Running: the heartbeat decides.
@@ -87,6 +88,9 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
         elif terminated.get("reason") in ("OOMKilled", "DeadlineExceeded", "ContainerCannotRun"):
             reason = str(terminated["reason"])
     started = parse_time((state.get("running") or {}).get("startedAt")) or parse_time(status.get("startTime"))
+    assigned_at = _float((meta.get("annotations") or {}).get(ANNOTATION_ASSIGNED_AT))
+    if assigned_at is not None and started is not None:
+        started = max(started, assigned_at)  # a standby's startup budget starts with its assignment
     waiting_reason, waiting_message = _waiting(status, container) if phase is ReplicaPhase.PENDING else (None, "")
     return ObservedReplica(
         id=rid,
@@ -99,7 +103,27 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedReplica | None:
         deleting_until=parse_time(meta.get("deletionTimestamp")),
         waiting_reason=waiting_reason,
         waiting_message=waiting_message[:300],
+        handle=str(meta.get("name") or ""),
     )
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def observe_standby(pod: Mapping[str, Any]) -> StandbyView | None:
+    """A warm standby pod still waiting for an assignment; None for any other pod."""
+    meta = pod.get("metadata") or {}
+    role = standby_of(meta.get("labels") or {})
+    if role is None:
+        return None
+    phase = _PHASES.get((pod.get("status") or {}).get("phase") or "Pending", ReplicaPhase.PENDING)
+    return StandbyView(name=str(meta.get("name") or ""), role=role, instance=str(meta.get("uid") or ""),
+                       phase=phase, created_at=parse_time(meta.get("creationTimestamp")),
+                       deleting=bool(meta.get("deletionTimestamp")))
 
 
 @dataclasses.dataclass(frozen=True)

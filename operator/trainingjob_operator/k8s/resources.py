@@ -9,6 +9,8 @@ Labels (all values are DNS labels):
 - ``training.cpr.dev/job``: the TrainingJob's name;
 - ``training.cpr.dev/role``: ``embedding-server``, ``sync-server`` or ``trainer``;
 - ``training.cpr.dev/rank``: ``0`` .. ``replicas - 1`` within the role;
+- ``training.cpr.dev/standby``: ``true`` on a warm standby pod (``<job>-<role>-standby-<suffix>``), which has
+  no rank until the operator assigns it one: it then takes the rank label and keeps its own name;
 - ``app.kubernetes.io/{name,instance,component,part-of,managed-by}``.
 
 Every child carries a controller ownerReference to the TrainingJob, so a real cluster's garbage
@@ -42,6 +44,9 @@ LABEL_JOB = f"{GROUP}/job"
 LABEL_ROLE = f"{GROUP}/role"
 LABEL_RANK = f"{GROUP}/rank"
 ANNOTATION_GENERATION = f"{GROUP}/generation"  # the recovery generation the pod was created in
+LABEL_STANDBY = f"{GROUP}/standby"  # "true" on a warm standby pod (no rank label until it takes one over)
+ANNOTATION_ASSIGNED_AT = f"{GROUP}/assigned-at"  # when a standby took its rank over (epoch seconds)
+STANDBY_INFIX = "-standby-"
 
 APP_NAME = "dlrm-trainer"
 MANAGED_BY = "trainingjob-operator"
@@ -153,6 +158,24 @@ def replica_of(labels: Any) -> ReplicaId | None:
     try:
         return ReplicaId(Role(labels[LABEL_ROLE]), int(labels[LABEL_RANK]))
     except (KeyError, ValueError, TypeError):
+        return None
+
+
+def standby_pod_name(job: str, role: Role, suffix: str) -> str:
+    return f"{job}-{role.value}{STANDBY_INFIX}{suffix}"
+
+
+def is_standby_name(job: str, role: Role, name: str) -> bool:
+    return name.startswith(f"{job}-{role.value}{STANDBY_INFIX}")
+
+
+def standby_of(labels: Any) -> Role | None:
+    """The role of a standby pod still waiting for an assignment (labelled standby, no rank)."""
+    try:
+        if labels.get(LABEL_STANDBY) != "true" or LABEL_RANK in labels:
+            return None
+        return Role(labels[LABEL_ROLE])
+    except (KeyError, ValueError, TypeError, AttributeError):
         return None
 
 
@@ -365,6 +388,46 @@ def render_pod(job: TrainingJob, rid: ReplicaId, *, owner: Owner, redis_url: str
     metadata["annotations"] = {ANNOTATION_GENERATION: str(generation)}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
     return _apply_gang(_apply_template(pod, role.template), job)
+
+
+def render_standby_pod(job: TrainingJob, role: Role, suffix: str, *, owner: Owner, redis_url: str,
+                       redis_secret: str | None = None) -> dict[str, Any]:
+    """A warm standby of ``role``: the pod of the role's replicas (image, resources, volumes, ports, probes,
+    user), without a rank. Probes and volumes cannot change once a pod exists, so the standby carries a server's
+    from the start: it answers the gRPC health checks while it waits, and mounts the one volume every rank's
+    checkpoints are on (``recovery.standby`` needs shared checkpoint storage for servers)."""
+    pod = render_pod(job, ReplicaId(role, 0), owner=owner, redis_url=redis_url, generation=0,
+                     redis_secret=redis_secret)
+    name = standby_pod_name(job.name, role, suffix)
+    meta, spec = pod["metadata"], pod["spec"]
+    meta["name"] = name
+    meta["labels"] = {k: v for k, v in meta["labels"].items() if k != LABEL_RANK} | {LABEL_STANDBY: "true"}
+    # Never an empty map (the API server drops those, and the takeover's JSON patch adds keys to it).
+    meta["annotations"] = {**meta["annotations"], ANNOTATION_GENERATION: "none"}
+    spec["hostname"] = f"{role.value}-standby-{suffix}"[:63]  # a DNS label; the pod name may be longer
+    (main,) = (c for c in spec["containers"] if c["name"] == CONTAINER)
+    placement = contract.pod_placement(config_map_name(job.name), SPEC_KEY)
+    env = contract.standby_env(job, role, redis_url=redis_url, placement=placement, redis_secret=redis_secret)
+    ours = {name for name, _ in env}
+    main["env"] = [*(e for e in main["env"] if e["name"] not in ours and e["name"] not in contract.ASSIGNED_ENV),
+                   *(_env_var(k, v) for k, v in env)]
+    return pod
+
+
+def assignment_patch(uid: str, rank: int, generation: int, assigned_at: float) -> list[dict[str, Any]]:
+    """The JSON patch that turns a standby pod into replica ``rank``: only that incarnation (uid) and only
+    while it is still a standby (a second takeover of the same pod fails its test)."""
+    def path(key: str, name: str) -> str:
+        return f"/metadata/{key}/" + name.replace("~", "~0").replace("/", "~1")
+
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "test", "path": path("labels", LABEL_STANDBY), "value": "true"},
+        {"op": "remove", "path": path("labels", LABEL_STANDBY)},
+        {"op": "add", "path": path("labels", LABEL_RANK), "value": str(rank)},
+        {"op": "add", "path": path("annotations", ANNOTATION_GENERATION), "value": str(generation)},
+        {"op": "add", "path": path("annotations", ANNOTATION_ASSIGNED_AT), "value": f"{assigned_at:.3f}"},
+    ]
 
 
 # --- the job's Redis credentials -----------------------------------------------------------------
