@@ -48,6 +48,10 @@ def standbys(cluster: Cluster, role: str) -> dict[str, dict[str, Any]]:
             and not p["metadata"].get("deletionTimestamp")}
 
 
+def waiting(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return {**standbys(cluster, "trainer"), **standbys(cluster, "embedding-server")}
+
+
 def replica_pod(cluster: Cluster, role: str, rank: int) -> dict[str, Any] | None:
     found = [p for p in cluster.pods("real").values()
              if p["metadata"]["labels"].get(ROLE) == role and p["metadata"]["labels"].get(RANK) == str(rank)
@@ -69,8 +73,8 @@ async def test_standby_pods_take_failed_ranks_over_and_are_replaced(faithful: Fa
         assert response.status < 300, await response.text()
     await cluster.create_job(manifest("real", **SPEC))
     await eventually(lambda: cluster.running("real", 7), timeout=90, what="5 replicas and 2 standbys running")
-    await eventually(lambda: offered(cluster, {**standbys(cluster, "trainer"), **standbys(cluster, "embedding-server")}),
-                     timeout=90, what="both standbys warm and offering themselves in Redis")
+    await eventually(lambda: offered(cluster, waiting(cluster)), timeout=90,
+                     what="both standbys warm and offering themselves in Redis")
     [server_standby] = standbys(cluster, "embedding-server")
     [trainer_standby] = standbys(cluster, "trainer")
     coord = cluster.coordination("real")
@@ -91,10 +95,10 @@ async def test_standby_pods_take_failed_ranks_over_and_are_replaced(faithful: Fa
     await eventually(lambda: (p := replica_pod(cluster, "trainer", 1)) is not None
                      and p["metadata"]["name"] == trainer_standby, timeout=60,
                      what="the standby trainer labelled trainer rank 1")
-    await eventually(lambda: offered(cluster, {**standbys(cluster, "trainer"), **standbys(cluster, "embedding-server")})
+    await eventually(lambda: offered(cluster, waiting(cluster))
                      and len(standbys(cluster, "trainer")) == len(standbys(cluster, "embedding-server")) == 1,
                      timeout=90, what="a new standby of each role behind them")
-    assert not {server_standby, trainer_standby} & {*standbys(cluster, "trainer"), *standbys(cluster, "embedding-server")}
+    assert not {server_standby, trainer_standby} & set(waiting(cluster))
     assert cluster.phase("real") not in ("Succeeded", "Failed")  # the job outlasted both takeovers
 
     await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=300, what="job Succeeded")

@@ -2,7 +2,10 @@
 
 import time
 
+import pytest
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 from dlrm_trainer.embedding_server import EmbeddingShard, ShardTables, serve
 from dlrm_trainer.rpc import Client, Message, decode, encode
@@ -13,6 +16,55 @@ def test_codec_round_trips_tensors_and_metadata() -> None:
     back = decode(encode(msg))
     assert back.meta == {"k": [1, "x"]}
     assert torch.equal(back.tensors["a"], msg.tensors["a"]) and torch.equal(back.tensors["b"], msg.tensors["b"])
+
+
+EVERY_DTYPE = {
+    "rows": torch.randn(300, 16), "ids": torch.randint(0, 10**6, (512,)), "flags": torch.tensor([True, False]),
+    "half": torch.randn(3, 2).to(torch.bfloat16), "empty": torch.empty(0, 4), "scalar": torch.tensor(3.5),
+    "small": torch.arange(5, dtype=torch.int8), "counts": torch.arange(4, dtype=torch.int32),
+    "strided": torch.arange(12.0).view(3, 4).t(),  # not contiguous: sent as its values
+}
+
+
+def test_the_wire_format_is_safetensors_both_ways() -> None:
+    """The codec writes the tensors' buffers itself (one join, not safetensors' copies), in safetensors' format:
+    safetensors reads what it writes, and it reads what safetensors writes."""
+    wire = encode(Message(EVERY_DTYPE, {"step": 7}))
+    theirs = safetensors_load(wire)
+    assert set(theirs) == {*EVERY_DTYPE, "__meta__"}
+    for name, tensor in EVERY_DTYPE.items():
+        assert theirs[name].dtype == tensor.dtype and torch.equal(theirs[name], tensor), name
+    meta = torch.frombuffer(bytearray(b'{"x": 1}'), dtype=torch.uint8)
+    ours = decode(safetensors_save({**{k: v.contiguous() for k, v in EVERY_DTYPE.items()}, "__meta__": meta}))
+    assert ours.meta == {"x": 1}
+    for name, tensor in EVERY_DTYPE.items():
+        assert ours.tensors[name].dtype == tensor.dtype and torch.equal(ours.tensors[name], tensor), name
+
+
+def test_received_tensors_are_writable_and_independent_of_the_message_bytes() -> None:
+    wire = encode(Message({"grads": torch.ones(4, 2)}))
+    received = decode(wire).tensors["grads"]
+    received.mul_(3.0)  # a server may update what it received in place
+    assert torch.equal(received, torch.full((4, 2), 3.0))
+    assert torch.equal(decode(wire).tensors["grads"], torch.ones(4, 2))
+
+
+@pytest.mark.parametrize("cut", [0, 7, 8, 20, -1])
+def test_a_truncated_or_garbled_message_is_a_value_error(cut: int) -> None:
+    wire = encode(Message({"rows": torch.randn(8, 4)}, {"k": 1}))
+    with pytest.raises(ValueError, match="malformed message"):
+        decode(wire[:cut])
+    garbled = bytearray(wire)
+    garbled[8:12] = b"[1, "  # the header is no longer a JSON mapping
+    with pytest.raises(ValueError, match="malformed message"):
+        decode(bytes(garbled))
+
+
+def test_a_header_whose_offsets_leave_the_payload_is_refused() -> None:
+    header = b'{"a":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]},"__meta__":' \
+             b'{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}'
+    with pytest.raises(ValueError, match="malformed message"):
+        decode(len(header).to_bytes(8, "little") + header + b"{}")
 
 
 def test_client_talks_to_a_real_server_and_follows_its_replacement() -> None:

@@ -9,6 +9,8 @@ Kubernetes probes natively.
 from __future__ import annotations
 
 import json
+import math
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,8 +21,6 @@ from typing import Any
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -42,22 +42,72 @@ class Message:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# The safetensors format (an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape
+# and byte range, then the raw bytes), written and read here with as few copies as the format allows: a message
+# is one join of the tensors' own buffers, and a received one is one copy of the payload into a writable buffer
+# that every tensor views. (safetensors.torch.save copies each tensor to bytes and then again into the file
+# buffer; load copies each tensor out: 4-8 ms for a batch's 1.5 MB of rows here, on the critical path.)
+_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+_BY_NAME = {name: dtype for dtype, name in _DTYPES.items()}
+
+
 def encode(message: Message) -> bytes:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in message.tensors.items()}
-    tensors[_META] = torch.frombuffer(bytearray(json.dumps(message.meta).encode()), dtype=torch.uint8)
-    return st_save(tensors)
+    """``message`` as safetensors bytes (``safetensors.torch.load`` reads them)."""
+    meta = torch.frombuffer(bytearray(json.dumps(message.meta).encode()), dtype=torch.uint8)
+    tensors = {**{k: v.detach().contiguous().cpu() for k, v in message.tensors.items()}, _META: meta}
+    header: dict[str, Any] = {}
+    views: list[memoryview] = []
+    offset = 0
+    for name, tensor in tensors.items():
+        if tensor.dtype not in _DTYPES:
+            raise ValueError(f"{name}: dtype {tensor.dtype} cannot be sent")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        if size:
+            views.append(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return b"".join([struct.pack("<Q", len(text)), text, *views])
 
 
 def decode(data: bytes) -> Message:
     """Raises ValueError for anything that is not a message :func:`encode` wrote."""
     try:
-        tensors = st_load(data)
+        tensors = _tensors(data)
         meta = json.loads(bytes(tensors.pop(_META).numpy()).decode())
-    except Exception as exc:  # safetensors, JSON and UTF-8 errors alike: the bytes are not a message
+    except Exception as exc:  # framing, JSON and UTF-8 errors alike: the bytes are not a message
         raise ValueError(f"malformed message ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"malformed message: metadata is {type(meta).__name__}, not a mapping")
     return Message(tensors, meta)
+
+
+def _tensors(data: bytes) -> dict[str, torch.Tensor]:
+    (length,) = struct.unpack_from("<Q", data, 0)
+    if length > len(data) - 8:
+        raise ValueError(f"header of {length} bytes in a message of {len(data)}")
+    header = json.loads(bytes(data[8:8 + length]))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a mapping")
+    header.pop("__metadata__", None)
+    payload = bytearray(memoryview(data)[8 + length:])  # the one copy: writable tensors, as a receiver expects
+    tensors = {}
+    for name, entry in header.items():
+        dtype = _BY_NAME[entry["dtype"]]
+        shape = [int(d) for d in entry["shape"]]
+        start, end = (int(x) for x in entry["data_offsets"])
+        count = math.prod(shape)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if any(d < 0 for d in shape) or not 0 <= start <= end <= len(payload) or end - start != count * itemsize:
+            raise ValueError(f"{name}: shape {shape} does not fit bytes {start}..{end} of {len(payload)}")
+        tensors[str(name)] = (torch.frombuffer(payload, dtype=dtype, count=count, offset=start).view(shape)
+                              if count else torch.empty(shape, dtype=dtype))
+    return tensors
 
 
 Handler = Callable[[Message], Message]

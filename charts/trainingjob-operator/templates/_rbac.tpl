@@ -5,7 +5,8 @@ RBAC rules for the namespaced objects the operator touches. Each verb is here fo
 - trainingjobs/status: the operator writes status (phase, conditions, progress, recovery);
 - trainingjobs/finalizers update: children carry ownerReferences with blockOwnerDeletion (kopf.adopt),
   which clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require;
-- pods: create replicas, delete failed/finished ones, watch them to detect failures, patch labels;
+- pods: create replicas, delete failed/finished ones, watch them to detect failures, patch labels (a warm
+  standby pod taking a failed rank over is relabelled);
 - services (headless per job) and configmaps (spec file): create, keep up to date, delete;
 - persistentvolumeclaims: one checkpoint claim per server rank (recovery.checkpoint.volume), created
   before the pods and deleted with the job unless its retainPolicy is Retain (no patch: claims are immutable);

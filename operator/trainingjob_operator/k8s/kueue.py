@@ -49,7 +49,9 @@ def render_workload(job: TrainingJob, owner_reference: Mapping[str, Any],
     pod_sets = []
     for role in job.spec.roles():
         pod = pods[role]
-        pod_sets.append({"name": role.value, "count": job.spec.replicas.count(role),
+        # Warm standby pods (recovery.standby) hold their requests too: they are part of the quota asked for.
+        count = job.spec.replicas.count(role) + job.spec.recovery.standby.count(role)
+        pod_sets.append({"name": role.value, "count": count,
                          "template": {"metadata": {"labels": dict(pod["metadata"].get("labels", {}))},
                                       "spec": pod["spec"]}})
     spec: dict[str, Any] = {"queueName": queue_name(job), "podSets": pod_sets}
