@@ -52,6 +52,7 @@ _DTYPES: dict[torch.dtype, str] = {
     torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
 _BY_NAME = {name: dtype for dtype, name in _DTYPES.items()}
+_ITEMSIZE = {name: torch.empty(0, dtype=dtype).element_size() for dtype, name in _DTYPES.items()}
 
 
 def encode(message: Message) -> bytes:
@@ -98,11 +99,10 @@ def _tensors(data: bytes) -> dict[str, torch.Tensor]:
     payload = bytearray(memoryview(data)[8 + length:])  # the one copy: writable tensors, as a receiver expects
     tensors = {}
     for name, entry in header.items():
-        dtype = _BY_NAME[entry["dtype"]]
+        dtype, itemsize = _BY_NAME[entry["dtype"]], _ITEMSIZE[entry["dtype"]]
         shape = [int(d) for d in entry["shape"]]
         start, end = (int(x) for x in entry["data_offsets"])
         count = math.prod(shape)
-        itemsize = torch.empty(0, dtype=dtype).element_size()
         if any(d < 0 for d in shape) or not 0 <= start <= end <= len(payload) or end - start != count * itemsize:
             raise ValueError(f"{name}: shape {shape} does not fit bytes {start}..{end} of {len(payload)}")
         tensors[str(name)] = (torch.frombuffer(payload, dtype=dtype, count=count, offset=start).view(shape)
