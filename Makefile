@@ -74,6 +74,8 @@ bench: bench-trainer
 	$(PY) benchmarks/operator_failover.py
 	$(PY) benchmarks/chaos.py
 	$(PY) benchmarks/chaos_local.py
+	$(PY) benchmarks/standby_failover.py
+	$(PY) benchmarks/rpc_codec.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

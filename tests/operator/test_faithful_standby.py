@@ -27,7 +27,7 @@ REPLICAS = ["real-embedding-server-0", "real-embedding-server-1", "real-sync-ser
             "real-trainer-1"]
 SPEC: dict[str, Any] = {
     "model": {"sparseFeatures": 8, "rowsPerTable": 5000, "embeddingDim": 8, "bottomMlp": [32], "topMlp": [32]},
-    "data": {"trainSamples": 1_500_000, "evalSamples": 8192, "batchSize": 512},
+    "data": {"trainSamples": 3_000_000, "evalSamples": 8192, "batchSize": 512},
     "training": {"hogwildThreads": 1, "progressEverySeconds": 0.5},
     # One claim every server rank's checkpoints are on: what a standby server needs to take any rank over.
     "recovery": {"checkpoint": {"intervalSeconds": 2, "volume": {"kind": "sharedClaim", "claimName": "ckpt"}},
@@ -99,19 +99,31 @@ async def test_standby_pods_take_failed_ranks_over_and_are_replaced(faithful: Fa
                      and len(standbys(cluster, "trainer")) == len(standbys(cluster, "embedding-server")) == 1,
                      timeout=90, what="a new standby of each role behind them")
     assert not {server_standby, trainer_standby} & set(waiting(cluster))
-    assert cluster.phase("real") not in ("Succeeded", "Failed")  # the job outlasted both takeovers
+
+    # The standby that became embedding-server-0 fails in turn: its own pod (not "real-embedding-server-0") is
+    # removed, and the next standby takes the rank over.
+    [next_standby] = standbys(cluster, "embedding-server")
+    kubelet.process(server_standby).send_signal(signal.SIGKILL)
+    await eventually(lambda: (p := replica_pod(cluster, "embedding-server", 0)) is not None
+                     and p["metadata"]["name"] == next_standby, timeout=60,
+                     what="the next standby server labelled embedding-server rank 0")
+    next_uid = cluster.pods("real")[next_standby]["metadata"]["uid"]
+    await eventually(lambda: server_standby not in cluster.pods("real"), timeout=60,
+                     what="the failed standby's pod removed")
+    assert cluster.phase("real") not in ("Succeeded", "Failed")  # the job outlasted the takeovers
 
     await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=300, what="job Succeeded")
     # No replica pod was started cold: each failed rank went to a standby, and one standby followed each.
     cold = [name for name in kubelet.started if "-standby-" not in name]
     assert sorted(cold) == sorted(REPLICAS)
-    assert len([n for n in kubelet.started if "-embedding-server-standby-" in n]) == 2
+    assert len([n for n in kubelet.started if "-embedding-server-standby-" in n]) == 3
     assert len([n for n in kubelet.started if "-trainer-standby-" in n]) == 2
     assert kubelet.probe_kills == []  # a waiting standby server passes its pod's gRPC probes
     failures = coord.failures()
-    assert sorted(f["pod"] for f in failures) == ["real-embedding-server-0", "real-trainer-1"]
-    [restored] = [r for instance, r in coord.recoveries("embedding-server-0").items() if instance == uid]
-    assert restored["loaded"] and restored["restored_progress"] > 0, restored["description"]
+    assert sorted(f["pod"] for f in failures) == sorted(["real-embedding-server-0", "real-trainer-1", server_standby])
+    for instance in (uid, next_uid):  # each standby restored rank 0's shard from the shared claim
+        restored = coord.recoveries("embedding-server-0")[instance]
+        assert restored["loaded"] and restored["restored_progress"] > 0, restored["description"]
     assert all(coord.result(rank) is not None for rank in (0, 1))
     assert sum(p.samples for p in coord.all_progress(2).values()) >= SPEC["data"]["trainSamples"]
     # A finished job keeps no standby.

@@ -464,7 +464,7 @@ class JobCoordinator:
             if isinstance(action, DeleteReplica):
                 await self._delete(action, observed.get(action.id), hung)
         for record in records:
-            await self._record_failure(record)
+            await self._record_failure(record, observed.get(record.failure.id))
         rollbacks = trainer_rollbacks(decision.actions, RecoveryMode(self.effective_mode()), self.rollback)
         if rollbacks:
             def roll_back(c: Coordination) -> None:
@@ -614,9 +614,11 @@ class JobCoordinator:
         self.standby_deleted.add(view.name)
         self.log.info("standby deleted", pod=view.name, phase=view.phase.value)
 
-    async def _record_failure(self, record: RecordFailure) -> None:
+    async def _record_failure(self, record: RecordFailure, obs: ObservedReplica | None) -> None:
         f = record.failure
-        pod = resources.pod_name(self.job.name, f.id)
+        # The failed pod's own name: a standby that had taken the rank over keeps its name.
+        pod = obs.handle if obs is not None and obs.handle and obs.instance == f.instance else resources.pod_name(
+            self.job.name, f.id)
         self.failed_at.setdefault(record.generation, f.time)
         spec = self.job.spec
 
