@@ -148,30 +148,38 @@ def spawn(name: str, env: dict[str, str], log_path: Path, cwd: Path | None = Non
 
 
 class StandbyPool:
-    """One warm standby process per role, handed to the next replacement of that role."""
+    """Warm standby processes per role (``recovery.standby.<role>``, at least one), each handed to the next
+    replacement of its role, oldest first."""
 
     def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
         self.log_dir = log_dir
         self.env = env
-        self._ready: dict[str, subprocess.Popen[bytes]] = {}
+        self._ready: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._count = 0
 
-    def prime(self, role: str) -> None:
-        if role in self._ready and self._ready[role].poll() is None:
+    def prime(self, role: str, want: int = 1) -> None:
+        """Start one more standby of ``role`` if fewer than ``want`` are alive (one per call: priming costs CPU)."""
+        alive = [p for p in self._ready.get(role, []) if p.poll() is None]
+        self._ready[role] = alive
+        if len(alive) >= want:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._count += 1
         with (self.log_dir / f"standby-{role}-{self._count}.log").open("ab") as log:
-            self._ready[role] = subprocess.Popen(
+            alive.append(subprocess.Popen(
                 [sys.executable, "-m", "dlrm_trainer.standby", role], env={**os.environ, **self.env},
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def take(self, role: str) -> subprocess.Popen[bytes] | None:
-        process = self._ready.pop(role, None)
-        return process if process is not None and process.poll() is None else None
+        ready = self._ready.get(role, [])
+        while ready:
+            process = ready.pop(0)
+            if process.poll() is None:
+                return process
+        return None
 
     def stop(self) -> None:
-        for process in self._ready.values():
+        for process in (p for ready in self._ready.values() for p in ready):
             if process.poll() is None:
                 process.kill()
                 process.wait()

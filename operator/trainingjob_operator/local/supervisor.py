@@ -356,7 +356,7 @@ class LocalSupervisor:
         if self.standby is not None and not self.pytorch:
             if self.memory.phase is Phase.RUNNING:
                 for role in ROLES:  # only while nothing is starting: priming costs CPU
-                    self.standby.prime(role.value)
+                    self.standby.prime(role.value, max(1, self.spec.recovery.standby.count(role)))
             elif self.memory.phase.finished:
                 self.standby.stop()
 
