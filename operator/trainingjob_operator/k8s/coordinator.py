@@ -406,8 +406,10 @@ class JobCoordinator:
                              heard_since=self.heard_since if self.heard_since is not None else now, hold=hold,
                              checkpoint_failures=self.checkpoint_failures)
         self.memory = await self._apply(decision, observed)
-        standbys = await self._keep_standbys(now, active=hold is None and not self.memory.phase.finished
-                                             and self.memory.phase is not Phase.SUSPENDED)
+        # Standbys only once every replica has started (on a full cluster a standby must not take a replica's
+        # place), and none while suspended, held by a queue or finished.
+        standbys = await self._keep_standbys(now, active=hold is None and self.memory.phase in (Phase.RUNNING,
+                                                                                               Phase.RECOVERING))
         if self.memory.phase.finished:
             await self._finish_workload(now)
         await self._force_delete_stuck_terminations(observed, now)
