@@ -49,9 +49,12 @@ def test_validate_prints_the_manifest_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.processes
 def test_ctrl_c_stops_every_process(tmp_path: Path, redis_url: str) -> None:
     document = small_job("ctrl-c", data__trainSamples=10_000_000).to_wire()
+    # As from a terminal: SIGINT at its default, whatever this test runner inherited (a shell ignores SIGINT in
+    # the commands it starts in the background, and Python then never turns it into KeyboardInterrupt).
     proc = subprocess.Popen([*TRAININGJOB, "run", str(_write(tmp_path, document)), "--workdir",
                              str(tmp_path / "work"), "--redis-url", redis_url, "--summary", str(tmp_path / "s.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 60
     while len(parent.children()) < 5:
