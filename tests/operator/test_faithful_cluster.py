@@ -160,7 +160,10 @@ async def test_a_suspended_job_resumes_where_it_stopped(faithful: FaithfulCluste
     from tests.support.cluster import JOBS_URL
 
     cluster, kubelet = faithful.cluster, faithful.kubelet
-    await cluster.create_job(manifest("real", **SMALL))
+    # Long enough to be suspended mid-way: the trainers of this small model can train 200k samples in the seconds it
+    # takes both shards to checkpoint.
+    spec = {**SMALL, "data": {**SMALL["data"], "trainSamples": 1_000_000}}
+    await cluster.create_job(manifest("real", **spec))
     coord = cluster.coordination("real")
     await eventually(lambda: all((p := coord.progress(r)) is not None and p.samples > 20_000 for r in (0, 1)),
                      timeout=180, what="both trainers well into training")
@@ -176,7 +179,7 @@ async def test_a_suspended_job_resumes_where_it_stopped(faithful: FaithfulCluste
     await eventually(lambda: cluster.phase("real") == "Suspended" and not cluster.pods("real"), timeout=90,
                      what="Suspended, every pod gone")
     paused_at = sum(p.samples for p in coord.all_progress(2).values())
-    assert 0 < paused_at < SMALL["data"]["trainSamples"]
+    assert 0 < paused_at < spec["data"]["trainSamples"]
 
     await suspend(False)
     await eventually(lambda: cluster.phase("real") == "Succeeded", timeout=240, what="job Succeeded after resuming")
@@ -186,9 +189,9 @@ async def test_a_suspended_job_resumes_where_it_stopped(faithful: FaithfulCluste
         incarnations = coord.recoveries(shard)
         assert any(r["loaded"] and r["restored_progress"] > 0 for r in incarnations.values()), incarnations
     done = sum(p.samples for p in coord.all_progress(2).values())
-    assert done >= SMALL["data"]["trainSamples"]
+    assert done >= spec["data"]["trainSamples"]
     # The trainers continued: the job did not start over (it would have trained ~paused_at more samples).
-    assert done < SMALL["data"]["trainSamples"] + paused_at / 2
+    assert done < spec["data"]["trainSamples"] + paused_at / 2
     condition = cluster.condition("real", "Suspended")
     assert condition is not None and (condition["status"], condition["reason"]) == ("False", "Resumed")
 
