@@ -58,6 +58,16 @@ def run_in_thread(supervisor: LocalSupervisor) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
+def join_run(thread: threading.Thread, timeout: float, workdir: Path) -> None:
+    """Wait for a run started by ``run_in_thread``; one still going after ``timeout`` fails the test with the tail
+    of every replica's log, so a hang seen once (in CI) says where it hung."""
+    thread.join(timeout)
+    if thread.is_alive():
+        tails = [f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                 for log in sorted((workdir / "logs").glob("*.log"))]
+        raise AssertionError(f"the run was still going after {timeout:.0f}s\n" + "\n".join(tails))
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import run_in_thread, wait_until
+from tests.conftest import join_run, run_in_thread, wait_until
 from trainingjob_operator.api.loading import parse_manifest
 from trainingjob_operator.api.spec import TrainingJob
 from trainingjob_operator.coordination import Coordination
@@ -71,7 +71,7 @@ def test_a_killed_worker_is_replaced_alone_and_every_rank_resumes_from_the_newes
                180, "two checkpoints and 40 steps")
     survivor_pid = supervisor.processes["worker-0"].pid
     os.kill(supervisor.processes["worker-1"].pid, signal.SIGKILL)  # the pod dies, its script with it
-    thread.join(240)
+    join_run(thread, 240, tmp_path / "run")
     summary = out
     assert summary["status"] == "Succeeded", summary["conditions"]
     pids = {r["rank"]: [p["pid"] for p in r["pids"]] for r in summary["replicas"]}
@@ -158,7 +158,7 @@ def test_full_checkpoint_storage_is_a_condition_while_training_goes_on_and_clear
     wait_until(lambda: (p := coord.step_progress()) is not None and p.step > step_then + 20, 60,
                "training going on with every save failing")
     filler.unlink()  # space again: the next save succeeds
-    thread.join(240)
+    join_run(thread, 240, tmp_path / "run")
     assert out["status"] == "Succeeded"
     [cleared] = [c for c in out["conditions"] if c["type"] == "CheckpointFailing"]
     assert (cleared["status"], cleared["reason"]) == ("False", "CheckpointsSaving")
@@ -202,7 +202,7 @@ def test_the_llama_sft_example_replays_exactly_after_a_kill(redis_url: str, tmp_
     wait_until(lambda: len(coord.checkpoints()) >= 1 and (p := coord.step_progress()) is not None and p.step >= 25,
                180, "a checkpoint and 25 steps")
     os.kill(supervisor.processes["worker-1"].pid, signal.SIGKILL)
-    thread.join(300)
+    join_run(thread, 300, tmp_path / "kill")
     assert clean["status"] == out["status"] == "Succeeded"
     assert len(out["failures"]) == 1 and out["restarts_in_place"] == 1
     [recovery] = out["recoveries"]

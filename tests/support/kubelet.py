@@ -60,6 +60,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -491,6 +492,9 @@ class FaithfulKubelet:
         self._done: set[str] = set()
         self._delays: dict[str, float] = {}
         self._claims: dict[str, Path] = {}  # claim name -> host dir of the claim object last seen
+        # Volumes are set up in executor threads: two pods of one claim starting together must not both provision
+        # it (the second mkdir failed), nor may one reset its mode after the other's fsGroup chown.
+        self._provisioning = threading.Lock()
         self._seq = 0
         self._next_host = 2
         self._sync_task: asyncio.Task[None] | None = None
@@ -899,11 +903,12 @@ class FaithfulKubelet:
         name = str(claim["metadata"]["name"])
         uid = str(claim["metadata"].get("uid", "nouid"))
         path = self.workdir / "claims" / f"{name}-{uid}"
-        if not path.exists():
-            path.mkdir(parents=True)
-            os.chown(path, 0, 0)
-            os.chmod(path, 0o755)  # a fresh volume: root-owned, not writable by the image's user
-        self._claims[name] = path
+        with self._provisioning:
+            if not path.exists():
+                path.mkdir(parents=True)
+                os.chown(path, 0, 0)
+                os.chmod(path, 0o755)  # a fresh volume: root-owned, not writable by the image's user
+            self._claims[name] = path
         return path
 
     def _check_volumes(self, pod: _Pod) -> None:
