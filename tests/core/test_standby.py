@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from trainingjob_operator.api.spec import Role, TrainingJobSpec
-from trainingjob_operator.core.standby import StandbyPlan, StandbyView, is_fresh, pick_standby, plan_standbys
+from trainingjob_operator.core.standby import (
+    StandbyPlan,
+    StandbyView,
+    is_fresh,
+    pick_standby,
+    plan_standbys,
+    stuck_standbys,
+)
 from trainingjob_operator.reconcile import ReplicaPhase
 
 NOW = 10_000.0
@@ -178,3 +185,22 @@ def test_pick_returns_none_without_a_fresh_standby_of_the_role() -> None:
     views = [view("e-a", Role.EMBEDDING_SERVER), view("t-pending", phase=ReplicaPhase.PENDING)]
     assert pick_standby(Role.TRAINER, views, offers_of(*views), NOW, HEARTBEAT_S) is None
     assert pick_standby(Role.TRAINER, [], {}, NOW, HEARTBEAT_S) is None
+
+
+def test_stuck_standbys_are_the_pending_ones_waiting_on_a_reason_not_the_ones_merely_starting() -> None:
+    starting = view("starting", phase=ReplicaPhase.PENDING)
+    unschedulable = StandbyView(name="b-unschedulable", role=Role.TRAINER, instance="u1", phase=ReplicaPhase.PENDING,
+                                waiting_reason="Unschedulable", waiting_message="0/3 nodes are available")
+    pull = StandbyView(name="a-pull", role=Role.EMBEDDING_SERVER, instance="u2", phase=ReplicaPhase.PENDING,
+                       waiting_reason="ImagePullBackOff")
+    going = StandbyView(name="going", role=Role.TRAINER, instance="u3", phase=ReplicaPhase.PENDING,
+                        waiting_reason="Unschedulable", deleting=True)
+    assert stuck_standbys([starting, unschedulable, pull, going, view("running")]) == [pull, unschedulable]
+
+
+def test_a_stuck_standby_is_kept_not_replaced_and_never_picked() -> None:
+    """A new pod would wait on the same reason; a failed rank starts cold instead of waiting for it."""
+    stuck = StandbyView(name="stuck", role=Role.TRAINER, instance="u1", phase=ReplicaPhase.PENDING,
+                        created_at=NOW - 10 * STARTUP_S, waiting_reason="Unschedulable")
+    assert plan(make_spec(trainer=1), [stuck], offers={}).empty
+    assert pick_standby(Role.TRAINER, [stuck], {}, NOW, HEARTBEAT_S) is None

@@ -411,3 +411,16 @@ def test_a_negative_standby_count_is_refused(key: str) -> None:
 def test_standbys_default_to_none_of_any_role() -> None:
     standby = TrainingJobSpec.model_validate({}).recovery.standby
     assert [standby.count(r) for r in Role] == [0] * len(Role)
+
+
+def test_observe_standby_reads_why_a_pending_standby_cannot_start() -> None:
+    pod = with_uid(standby())
+    pod["status"] = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}
+    view = observe_standby(pod)
+    assert view is not None and (view.waiting_reason, view.waiting_message) == ("Unschedulable",
+                                                                                "0/3 nodes are available")
+    pod["status"] = {"phase": "Pending", "containerStatuses": [
+        {"name": "dlrm", "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+    view = observe_standby(pod)
+    assert view is not None and view.waiting_reason is None  # starting, not stuck

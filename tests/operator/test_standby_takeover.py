@@ -82,3 +82,41 @@ async def test_lowering_the_standby_count_deletes_the_surplus(cluster: Cluster, 
         assert response.status < 300, await response.text()
     await eventually(lambda: not standby_pods(cluster, "fewer"), what="the standby deleted")
     assert cluster.running("fewer", 5) is not None  # the replicas untouched
+
+
+async def test_a_standby_that_cannot_be_scheduled_is_reported_once_and_a_failed_rank_starts_cold(
+        cluster: Cluster, operator: Operator) -> None:
+    """Nothing waits on a standby, so nothing else would say that the standbys asked for are not there."""
+    unschedulable = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
+    running = {"phase": "Running", "containerStatuses": [
+        {"name": "dlrm", "ready": True, "restartCount": 0,
+         "state": {"running": {"startedAt": "2026-12-04T00:00:00Z"}}}]}
+    cluster.api.pod_startup_s = None  # this test plays the kubelet and the scheduler
+    await cluster.create_job(manifest("full", recovery={"standby": {"trainer": 1}}))
+    await eventually(lambda: len(cluster.pods("full")) == 5, what="5 replica pods created")
+    for name in cluster.pods("full"):
+        await cluster.api.patch_pod_status(NAMESPACE, name, running)
+    [standby] = await eventually(lambda: list(standby_pods(cluster, "full")) or None, what="the standby created")
+    await cluster.api.patch_pod_status(NAMESPACE, standby, unschedulable)
+
+    warning = await eventually(lambda: next((e for e in cluster.events("full")
+                                             if e["reason"] == "StandbyUnschedulable"), None),
+                               what="the StandbyUnschedulable Warning")
+    assert warning["type"] == "Warning"
+    assert warning["message"] == (f"standby pod {standby} cannot start: Unschedulable: 0/3 nodes are available: 3 "
+                                  "Insufficient nvidia.com/gpu.; until it can, a failed trainer starts cold "
+                                  "(recovery.standby)")
+    stuck = operator.context.metrics.registry.get_sample_value(
+        "trainingjob_replicas_stuck_total", {"role": "trainer-standby", "reason": "Unschedulable"})
+    assert stuck == 1.0
+    assert cluster.condition("full", "Stuck") is None  # every replica runs: the job itself is not stuck
+
+    before = cluster.uids("full")["full-trainer-1"]
+    await cluster.api.finish_pod(NAMESPACE, "full-trainer-1", 137)
+    await eventually(lambda: cluster.uids("full").get("full-trainer-1") not in (None, before),
+                     what="trainer-1 recreated cold")
+    assert list(standby_pods(cluster, "full")) == [standby]  # kept (a new one would wait on the same), not taken
+    assert RANK not in cluster.pods("full")[standby]["metadata"]["labels"]
+    assert [e for e in cluster.events("full") if e["reason"] == "StandbyUnschedulable"] == [warning]  # said once

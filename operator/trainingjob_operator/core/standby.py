@@ -28,6 +28,8 @@ class StandbyView:
     phase: ReplicaPhase
     created_at: float | None = None
     deleting: bool = False
+    waiting_reason: str | None = None  # pending on a reason that does not clear by itself (Unschedulable, ...)
+    waiting_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,3 +88,11 @@ def pick_standby(role: Role, standbys: Iterable[StandbyView], offers: Mapping[st
     """The standby to take over a failed ``role`` rank: the oldest fresh one; None: start a cold replacement."""
     fresh = [v for v in standbys if v.role is role and is_fresh(v, offers, now, heartbeat_timeout_s)]
     return min(fresh, key=lambda v: (v.created_at or now, v.name), default=None)
+
+
+def stuck_standbys(standbys: Iterable[StandbyView]) -> list[StandbyView]:
+    """Standbys that cannot start (unschedulable, image not pulled, ...). They are kept, not replaced (a new
+    pod would wait on the same reason), and no failed rank waits for them: it gets a cold replacement. So
+    nothing else would tell the user that the standbys they asked for are not there."""
+    return sorted((v for v in standbys if v.phase is ReplicaPhase.PENDING and not v.deleting and v.waiting_reason),
+                  key=lambda v: v.name)

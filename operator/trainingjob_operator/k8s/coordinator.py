@@ -50,7 +50,7 @@ from trainingjob_operator.api.spec import (
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination, grant_job_user, job_user, job_user_exists
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, trainer_rollbacks
-from trainingjob_operator.core.standby import StandbyView, pick_standby, plan_standbys
+from trainingjob_operator.core.standby import StandbyView, pick_standby, plan_standbys, stuck_standbys
 from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.k8s import kueue, resources
 from trainingjob_operator.k8s.config import OperatorConfig
@@ -219,6 +219,7 @@ class JobCoordinator:
         self.awaiting_ready: dict[ReplicaId, float] = {}  # replaced replica -> failure time (o_res)
         self.create_retry_at: dict[ReplicaId, tuple[int, float]] = {}  # refused creates: (attempts, next try)
         self.reported_stuck: set[tuple[ReplicaId, str]] = set()  # (replica, reason) already in an Event
+        self.reported_stuck_standbys: set[tuple[str, str]] = set()  # (standby pod, reason) already in an Event
         self.forced: dict[ReplicaId, str] = {}  # replica -> UID we force-deleted (once per pod)
         self.redis_secret: str | None = None  # the Secret with the job's own Redis user; None: the operator's URL
         self._redis_password: str | None = None
@@ -415,6 +416,7 @@ class JobCoordinator:
         await self._force_delete_stuck_terminations(observed, now)
         self._track_replacements(observed)
         self._report_stuck(stuck_replicas(self.job.spec, observed, self.memory, now))
+        self._report_stuck_standbys(stuck_standbys(standbys))
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
             self._start_tuning(now)
         await self._report(dataclasses.replace(decision, memory=self.memory))
@@ -671,6 +673,22 @@ class JobCoordinator:
             self.ctx.metrics.stuck.labels(s.id.role.value, s.reason).inc()
             self.log.warning("replica stuck", pod=pod, reason=s.reason, message=s.message)
         self.reported_stuck = now_stuck
+
+    def _report_stuck_standbys(self, stuck: list[StandbyView]) -> None:
+        """A Warning Event and a metric the first time a standby pod cannot start for a reason: the job runs on
+        without it, its role's failed ranks starting cold, and nothing else would say so."""
+        now_stuck = {(v.name, str(v.waiting_reason)) for v in stuck}
+        for v in stuck:
+            if (v.name, str(v.waiting_reason)) in self.reported_stuck_standbys:
+                continue
+            message = (f"standby pod {v.name} cannot start: {v.waiting_reason}"
+                       + (f": {v.waiting_message}" if v.waiting_message else "")
+                       + f"; until it can, a failed {v.role.value} starts cold (recovery.standby)")
+            kopf.event(self.body, type="Warning", reason=f"Standby{v.waiting_reason}",  # type: ignore[arg-type]
+                       message=message)
+            self.ctx.metrics.stuck.labels(f"{v.role.value}-standby", str(v.waiting_reason)).inc()
+            self.log.warning("standby stuck", pod=v.name, reason=v.waiting_reason, message=v.waiting_message)
+        self.reported_stuck_standbys = now_stuck
 
     def _track_replacements(self, observed: Mapping[ReplicaId, ObservedReplica]) -> None:
         """A replacement that runs ends its recovery: record o_res (failure -> running)."""

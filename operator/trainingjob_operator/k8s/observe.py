@@ -120,10 +120,12 @@ def observe_standby(pod: Mapping[str, Any]) -> StandbyView | None:
     role = standby_of(meta.get("labels") or {})
     if role is None:
         return None
-    phase = _PHASES.get((pod.get("status") or {}).get("phase") or "Pending", ReplicaPhase.PENDING)
+    status = pod.get("status") or {}
+    phase = _PHASES.get(status.get("phase") or "Pending", ReplicaPhase.PENDING)
+    reason, message = _waiting(status, _main_container(status)) if phase is ReplicaPhase.PENDING else (None, "")
     return StandbyView(name=str(meta.get("name") or ""), role=role, instance=str(meta.get("uid") or ""),
                        phase=phase, created_at=parse_time(meta.get("creationTimestamp")),
-                       deleting=bool(meta.get("deletionTimestamp")))
+                       deleting=bool(meta.get("deletionTimestamp")), waiting_reason=reason, waiting_message=message)
 
 
 @dataclasses.dataclass(frozen=True)
