@@ -12,8 +12,8 @@ real timing), and Redis is a real redis-server with AOF. While the job trains, t
   it again: it must rebuild its view from the cluster and Redis, and no running pod may notice;
 - corrupts the newest full checkpoint of a shard (flipped bytes) and kills that shard: its replacement must
   find the damage and fall back to an older checkpoint, never load it;
-- makes a shard's checkpoint storage unwritable for a while: training goes on, the job shows
-  ``CheckpointFailing`` and clears it once saves succeed again.
+- makes a shard's checkpoint storage unwritable for a while (and keeps it so when the shard's pod is replaced
+  meanwhile): training goes on, the job shows ``CheckpointFailing`` and clears it once saves succeed again.
 
 It first runs the same job without failures (the AUC to compare against), then the chaos run, and prints a
 table: kills by target, detection and recovery p50/p99, lost samples, PLS, AUC against the failure-free run,
@@ -309,8 +309,23 @@ def corrupt_newest_full(claim: Path) -> str | None:
     return entry.name
 
 
-def _modes(root: Path) -> dict[Path, int]:
-    return {d: d.stat().st_mode & 0o7777 for d in [root, *root.rglob("*")] if d.is_dir()}
+def _make_unwritable(root: Path, modes: dict[Path, int]) -> None:
+    """Every folder of the claim read-only for its pod's user; ``modes`` keeps each one's mode from before the
+    fault (folders made meanwhile included), for the restore."""
+    with contextlib.suppress(OSError):
+        for folder in [root, *root.rglob("*")]:
+            if not folder.is_dir():
+                continue
+            mode = folder.stat().st_mode & 0o7777
+            modes.setdefault(folder, mode)
+            if mode != 0o555:
+                folder.chmod(0o555)
+
+
+def _restore_modes(modes: dict[Path, int]) -> None:
+    for folder, mode in modes.items():
+        with contextlib.suppress(OSError):
+            folder.chmod(mode)
 
 
 def job_processes(job: str) -> list[str]:
@@ -336,6 +351,8 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
     pending = list(events)
     done: list[Done] = []
     restores: list[tuple[float, str, Any]] = []  # (monotonic due, what, data)
+    unwritable: dict[str, dict[Path, int]] = {}  # replica -> its claim's folders' modes from before the fault
+    kept_unwritable_at = 0.0
     origin: float | None = None
     record = RunRecord(status="Timeout", wall_s=0.0, keys={}, replicas=len(desired_replicas(job.spec)))
     failing_was = False
@@ -401,11 +418,18 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
                     d.kind, d.note = "corrupt", entry
                     done.append(d)
                 elif event.kind == "unwritable":
-                    modes = _modes(claim_of(event.target))
-                    for folder in modes:
-                        folder.chmod(0o555)
+                    modes: dict[Path, int] = {}
+                    _make_unwritable(claim_of(event.target), modes)
+                    unwritable[event.target] = modes
                     done.append(Done("unwritable", event.target, event.at_s, now))
-                    restores.append((now + (plan.unwritable_s if plan else 20.0), "unwritable", modes))
+                    restores.append((now + (plan.unwritable_s if plan else 20.0), "unwritable", event.target))
+        if unwritable and now - kept_unwritable_at >= 0.5:
+            # The fault outlasts the pod: a replacement's volume setup (fsGroup ownership) makes the claim group
+            # writable again, as a kubelet's does, which would end the fault whenever a kill of that shard came
+            # first and leave its saves no time to fail. Broken storage stays broken for its whole window.
+            kept_unwritable_at = now
+            for target, modes in unwritable.items():
+                _make_unwritable(claim_of(target), modes)
         for item in [r for r in restores if r[0] <= now]:
             restores.remove(item)
             _, what, data = item
@@ -414,9 +438,7 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
             elif what == "operator":
                 h.operator.start()
             elif what == "unwritable":
-                for folder, mode in data.items():
-                    with contextlib.suppress(OSError):
-                        folder.chmod(mode)
+                _restore_modes(unwritable.pop(data))
         if now - shown_at >= 15.0:
             shown_at = now
             with contextlib.suppress(Exception):
@@ -438,9 +460,7 @@ async def run_job(h: Harness, body: dict[str, Any], events: list[Event], plan: C
         elif what == "operator":
             h.operator.start()
         elif what == "unwritable":
-            for folder, mode in data.items():
-                with contextlib.suppress(OSError):
-                    folder.chmod(mode)
+            _restore_modes(unwritable.pop(data))
     record.wall_s = round(time.monotonic() - started, 1)
     watcher.stopped.set()
     record.final_status = h.status(job.name)
