@@ -13,6 +13,7 @@ from trainingjob_operator.core.standby import (
     is_fresh,
     pick_standby,
     plan_standbys,
+    standby_counts,
     stuck_standbys,
 )
 from trainingjob_operator.reconcile import ReplicaPhase
@@ -204,3 +205,17 @@ def test_a_stuck_standby_is_kept_not_replaced_and_never_picked() -> None:
                         created_at=NOW - 10 * STARTUP_S, waiting_reason="Unschedulable")
     assert plan(make_spec(trainer=1), [stuck], offers={}).empty
     assert pick_standby(Role.TRAINER, [stuck], {}, NOW, HEARTBEAT_S) is None
+
+
+def test_standby_counts_say_per_role_how_many_are_asked_for_ready_and_stuck() -> None:
+    ready, silent = view("ready"), view("silent")
+    starting = view("starting", phase=ReplicaPhase.PENDING)
+    stuck = StandbyView(name="stuck", role=Role.TRAINER, instance="u-stuck", phase=ReplicaPhase.PENDING,
+                        waiting_reason="Unschedulable")
+    going = view("going", deleting=True)
+    leftover = view("left", Role.SYNC_SERVER)  # the spec was lowered to 0: still there, still counted
+    spec = make_spec(trainer=3, embedding_server=1)
+    counts = standby_counts(spec, [ready, silent, starting, stuck, going, leftover], offers_of(ready, going), NOW)
+    assert counts == {Role.TRAINER: (3, 1, 1), Role.EMBEDDING_SERVER: (1, 0, 0), Role.SYNC_SERVER: (0, 0, 0)}
+    assert standby_counts(spec, [ready], None, NOW)[Role.TRAINER] == (3, 0, 0)  # Redis unknown: none known ready
+    assert standby_counts(make_spec(), [], {}, NOW) == {}

@@ -65,6 +65,16 @@ def test_rendered_status_has_every_owned_field_and_no_nulls() -> None:
         return isinstance(node, list) and any(has_null(v) for v in node)
 
     assert not has_null(status)
+    assert "standbys" not in status  # no recovery.standby: no such section
+
+
+def test_rendered_status_counts_warm_standbys_per_role() -> None:
+    decision = reconcile(TrainingJobSpec(), {}, JobMemory(), now=10.0)
+    status = render_status(decision, progress=ProgressStatus(), recovery=RecoveryFacts(mode="partial"),
+                           observed_generation=1, standbys={"trainer": (2, 1, 1), "embedding-server": (0, 0, 0)})
+    assert status["standbys"] == {"trainer": {"desired": 2, "ready": 1, "stuck": 1},
+                                  "embedding-server": {"desired": 0, "ready": 0, "stuck": 0}}
+    assert "standbys" in OWNED_KEYS  # so a merge patch removes it once no role has standbys
 
 
 @pytest.mark.parametrize(("old", "new", "owned", "patch"), [

@@ -31,6 +31,9 @@ async def test_a_failed_rank_goes_to_a_warm_standby_and_a_new_standby_follows(
         cluster: Cluster, operator: Operator) -> None:
     await cluster.create_job(manifest("warm", recovery={"standby": {"trainer": 1}}))
     standby, uid = await warm_standby(cluster, "warm")
+    await eventually(lambda: cluster.status("warm").get("standbys") == {"trainer": {"desired": 1, "ready": 1,
+                                                                                    "stuck": 0}},
+                     what="status: the standby ready")
     coord = cluster.coordination("warm")
     failed_at = time.monotonic()
 
@@ -64,6 +67,9 @@ async def test_without_a_warm_standby_the_replacement_starts_cold(cluster: Clust
     await cluster.create_job(manifest("cold", recovery={"standby": {"trainer": 1}}))
     before = await eventually(lambda: cluster.running("cold", 6), what="5 replicas and a standby running")
     [standby] = standby_pods(cluster, "cold")
+    await eventually(lambda: cluster.status("cold").get("standbys") == {"trainer": {"desired": 1, "ready": 0,
+                                                                                    "stuck": 0}},
+                     what="status: one standby asked for, none ready (it never offered itself)")
 
     await cluster.api.finish_pod(NAMESPACE, "cold-trainer-1", 137)
 
@@ -81,6 +87,7 @@ async def test_lowering_the_standby_count_deletes_the_surplus(cluster: Cluster, 
                                  headers={"Content-Type": "application/merge-patch+json"}) as response:
         assert response.status < 300, await response.text()
     await eventually(lambda: not standby_pods(cluster, "fewer"), what="the standby deleted")
+    await eventually(lambda: "standbys" not in cluster.status("fewer"), what="status: no standbys section")
     assert cluster.running("fewer", 5) is not None  # the replicas untouched
 
 
@@ -112,6 +119,9 @@ async def test_a_standby_that_cannot_be_scheduled_is_reported_once_and_a_failed_
         "trainingjob_replicas_stuck_total", {"role": "trainer-standby", "reason": "Unschedulable"})
     assert stuck == 1.0
     assert cluster.condition("full", "Stuck") is None  # every replica runs: the job itself is not stuck
+    await eventually(lambda: cluster.status("full").get("standbys") == {"trainer": {"desired": 1, "ready": 0,
+                                                                                    "stuck": 1}},
+                     what="status: the standby stuck")
 
     before = cluster.uids("full")["full-trainer-1"]
     await cluster.api.finish_pod(NAMESPACE, "full-trainer-1", 137)

@@ -39,6 +39,15 @@ class RoleReplicaStatus(ApiModel):
     restarts: int = 0
 
 
+class RoleStandbyStatus(ApiModel):
+    """Warm standby pods of a role (``recovery.standby``): how many are asked for, how many could take a failed
+    rank over right now (running and offering themselves), how many cannot start."""
+
+    desired: int = 0
+    ready: int = 0
+    stuck: int = 0
+
+
 class ProgressStatus(ApiModel):
     samples: int = 0
     target_samples: int = 0
@@ -88,6 +97,7 @@ class TrainingJobStatus(ApiModel):
     replicas: dict[str, RoleReplicaStatus] = Field(default_factory=dict)
     progress: ProgressStatus = Field(default_factory=ProgressStatus)
     recovery: RecoveryStatus = Field(default_factory=RecoveryStatus)
+    standbys: dict[str, RoleStandbyStatus] | None = None  # roles with recovery.standby, or standbys still there
     start_time: str | None = None
     completion_time: str | None = None
     observed_generation: int | None = None

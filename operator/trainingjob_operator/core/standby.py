@@ -96,3 +96,20 @@ def stuck_standbys(standbys: Iterable[StandbyView]) -> list[StandbyView]:
     nothing else would tell the user that the standbys they asked for are not there."""
     return sorted((v for v in standbys if v.phase is ReplicaPhase.PENDING and not v.deleting and v.waiting_reason),
                   key=lambda v: v.name)
+
+
+def standby_counts(spec: TrainingJobSpec, standbys: Iterable[StandbyView], offers: Mapping[str, float] | None,
+                   now: float) -> dict[Role, tuple[int, int, int]]:
+    """Per role with standbys asked for or still present: (desired, ready to take a rank over, stuck)."""
+    live = [v for v in standbys if not v.deleting]
+    stuck = stuck_standbys(live)
+    out = {}
+    for role in spec.roles():
+        desired = spec.recovery.standby.count(role)
+        mine = [v for v in live if v.role is role]
+        if not desired and not mine:
+            continue
+        ready = sum(1 for v in mine if offers is not None and is_fresh(v, offers, now,
+                                                                        spec.recovery.heartbeat_timeout_seconds))
+        out[role] = (desired, ready, sum(1 for v in stuck if v.role is role))
+    return out

@@ -50,7 +50,13 @@ from trainingjob_operator.api.spec import (
 from trainingjob_operator.api.status import Phase, ProgressStatus
 from trainingjob_operator.coordination import Coordination, grant_job_user, job_user, job_user_exists
 from trainingjob_operator.core.recovery import RollbackPoint, effective_mode, trainer_rollbacks
-from trainingjob_operator.core.standby import StandbyView, pick_standby, plan_standbys, stuck_standbys
+from trainingjob_operator.core.standby import (
+    StandbyView,
+    pick_standby,
+    plan_standbys,
+    standby_counts,
+    stuck_standbys,
+)
 from trainingjob_operator.failure_log import publish_resumed_generation, write_failure
 from trainingjob_operator.k8s import kueue, resources
 from trainingjob_operator.k8s.config import OperatorConfig
@@ -817,8 +823,10 @@ class JobCoordinator:
         )
         target = self.job.spec.data.planned_samples
         progress = view.progress if view is not None else ProgressStatus(target_samples=target)
+        counts = standby_counts(self.job.spec, self._standby_views(), self.standby_offers, self.clock())
         status = render_status(decision, progress=progress, recovery=facts,
-                               observed_generation=self.body["metadata"].get("generation"))
+                               observed_generation=self.body["metadata"].get("generation"),
+                               standbys={role.value: c for role, c in counts.items()})
         patch = merge_patch(self.written, status, owned=OWNED_KEYS)
         if not patch:
             return

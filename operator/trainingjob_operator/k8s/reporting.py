@@ -19,6 +19,7 @@ from trainingjob_operator.api.status import (
     Phase,
     ProgressStatus,
     RecoveryStatus,
+    RoleStandbyStatus,
     SaveCostStatus,
     TrainingJobStatus,
 )
@@ -28,7 +29,7 @@ from trainingjob_operator.reconcile import Decision, iso
 from trainingjob_operator.tuning import Measurements
 
 # Top-level status keys this operator owns; anything else under status is left alone.
-OWNED_KEYS = frozenset({"phase", "conditions", "replicas", "progress", "recovery", "startTime",
+OWNED_KEYS = frozenset({"phase", "conditions", "replicas", "progress", "recovery", "standbys", "startTime",
                         "completionTime", "observedGeneration", COORDINATOR_KEY})
 
 
@@ -65,8 +66,10 @@ def render_status(
     progress: ProgressStatus,
     recovery: RecoveryFacts,
     observed_generation: int | None,
+    standbys: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
-    """The whole status the operator owns, in wire form (camelCase, no nulls)."""
+    """The whole status the operator owns, in wire form (camelCase, no nulls). ``standbys``: per role, (desired,
+    ready, stuck) warm standby pods (``core.standby.standby_counts``)."""
     m = decision.memory
     last = m.last_failure
     status = TrainingJobStatus(
@@ -86,6 +89,8 @@ def render_status(
             pls=recovery.pls,
             last_checkpoint=recovery.last_checkpoint,
         ),
+        standbys={role: RoleStandbyStatus(desired=d, ready=r, stuck=k) for role, (d, r, k) in standbys.items()}
+        if standbys else None,
         start_time=iso(m.start_time) if m.start_time is not None else None,
         completion_time=iso(m.completion_time) if m.completion_time is not None else None,
         observed_generation=observed_generation,
