@@ -224,8 +224,7 @@ class JobCoordinator:
         self.failed_at: dict[int, float] = {}  # recovery generation -> when its failure was detected
         self.awaiting_ready: dict[ReplicaId, float] = {}  # replaced replica -> failure time (o_res)
         self.create_retry_at: dict[ReplicaId, tuple[int, float]] = {}  # refused creates: (attempts, next try)
-        self.reported_stuck: set[tuple[ReplicaId, str]] = set()  # (replica, reason) already in an Event
-        self.reported_stuck_standbys: set[tuple[str, str]] = set()  # (standby pod, reason) already in an Event
+        self.reported_stuck: set[tuple[str, str]] = set()  # (pod, reason) already in an Event
         self.forced: dict[ReplicaId, str] = {}  # replica -> UID we force-deleted (once per pod)
         self.redis_secret: str | None = None  # the Secret with the job's own Redis user; None: the operator's URL
         self._redis_password: str | None = None
@@ -421,11 +420,11 @@ class JobCoordinator:
             await self._finish_workload(now)
         await self._force_delete_stuck_terminations(observed, now)
         self._track_replacements(observed)
-        self._report_stuck(stuck_replicas(self.job.spec, observed, self.memory, now))
-        self._report_stuck_standbys(stuck_standbys(standbys))
+        self._report_stuck(stuck_replicas(self.job.spec, observed, self.memory, now), stuck_standbys(standbys))
         if any(isinstance(a, RecordFailure) for a in decision.actions) or now >= self.next_tune_at:
             self._start_tuning(now)
-        await self._report(dataclasses.replace(decision, memory=self.memory))
+        await self._report(dataclasses.replace(decision, memory=self.memory),
+                           standby_counts(self.job.spec, standbys, self.standby_offers, now))
         self.done = self.memory.phase.finished and not decision.actions and not standbys and not any(
             o.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING) and not o.deleting for o in observed.values())
         self.ctx.metrics.reconcile.observe(time.perf_counter() - started)
@@ -666,35 +665,28 @@ class JobCoordinator:
             kopf.event(self.body, type="Warning", reason="ForceDeleted", message=message)  # type: ignore[arg-type]
             self.log.warning("pod force-deleted", pod=name, overdue_s=round(overdue, 1))
 
-    def _report_stuck(self, stuck: list[Stuck]) -> None:
-        """A Warning Event and a metric the first time a replica is stuck for a reason (the Stuck
-        condition carries the current list)."""
-        now_stuck = {(s.id, s.reason) for s in stuck}
+    def _report_stuck(self, stuck: list[Stuck], standbys: list[StandbyView]) -> None:
+        """A Warning Event and a metric the first time a replica, or a standby pod, is stuck for a reason (the
+        Stuck condition carries the replicas' current list). Nothing waits on a standby, so for one this is the
+        only word that the standbys asked for are not there: its role's failed ranks start cold meanwhile."""
+        found: dict[tuple[str, str], tuple[str, str, str]] = {}  # (pod, reason) -> (event reason, message, role)
         for s in stuck:
-            if (s.id, s.reason) in self.reported_stuck:
-                continue
             pod = resources.pod_name(self.job.name, s.id)
-            message = f"pod {pod} cannot start: {s.reason}" + (f": {s.message}" if s.message else "")
-            kopf.event(self.body, type="Warning", reason=s.reason, message=message)  # type: ignore[arg-type]
-            self.ctx.metrics.stuck.labels(s.id.role.value, s.reason).inc()
-            self.log.warning("replica stuck", pod=pod, reason=s.reason, message=s.message)
-        self.reported_stuck = now_stuck
-
-    def _report_stuck_standbys(self, stuck: list[StandbyView]) -> None:
-        """A Warning Event and a metric the first time a standby pod cannot start for a reason: the job runs on
-        without it, its role's failed ranks starting cold, and nothing else would say so."""
-        now_stuck = {(v.name, str(v.waiting_reason)) for v in stuck}
-        for v in stuck:
-            if (v.name, str(v.waiting_reason)) in self.reported_stuck_standbys:
+            found[(pod, s.reason)] = (s.reason, f"pod {pod} cannot start: {s.reason}"
+                                      + (f": {s.message}" if s.message else ""), s.id.role.value)
+        for v in standbys:
+            reason = str(v.waiting_reason)
+            found[(v.name, reason)] = (f"Standby{reason}", f"standby pod {v.name} cannot start: {reason}"
+                                       + (f": {v.waiting_message}" if v.waiting_message else "")
+                                       + f"; until it can, a failed {v.role.value} starts cold (recovery.standby)",
+                                       f"{v.role.value}-standby")
+        for (pod, reason), (event_reason, message, role) in found.items():
+            if (pod, reason) in self.reported_stuck:
                 continue
-            message = (f"standby pod {v.name} cannot start: {v.waiting_reason}"
-                       + (f": {v.waiting_message}" if v.waiting_message else "")
-                       + f"; until it can, a failed {v.role.value} starts cold (recovery.standby)")
-            kopf.event(self.body, type="Warning", reason=f"Standby{v.waiting_reason}",  # type: ignore[arg-type]
-                       message=message)
-            self.ctx.metrics.stuck.labels(f"{v.role.value}-standby", str(v.waiting_reason)).inc()
-            self.log.warning("standby stuck", pod=v.name, reason=v.waiting_reason, message=v.waiting_message)
-        self.reported_stuck_standbys = now_stuck
+            kopf.event(self.body, type="Warning", reason=event_reason, message=message)  # type: ignore[arg-type]
+            self.ctx.metrics.stuck.labels(role, reason).inc()
+            self.log.warning("pod stuck", pod=pod, reason=reason, message=message)
+        self.reported_stuck = set(found)
 
     def _track_replacements(self, observed: Mapping[ReplicaId, ObservedReplica]) -> None:
         """A replacement that runs ends its recovery: record o_res (failure -> running)."""
@@ -810,7 +802,7 @@ class JobCoordinator:
                 self.poke()  # report it
 
     # --- status -----------------------------------------------------------------------------------
-    async def _report(self, decision: Decision) -> None:
+    async def _report(self, decision: Decision, standbys: Mapping[Role, tuple[int, int, int]]) -> None:
         view = self.view
         spec_mode = self.job.spec.recovery.mode
         facts = RecoveryFacts(
@@ -823,10 +815,9 @@ class JobCoordinator:
         )
         target = self.job.spec.data.planned_samples
         progress = view.progress if view is not None else ProgressStatus(target_samples=target)
-        counts = standby_counts(self.job.spec, self._standby_views(), self.standby_offers, self.clock())
         status = render_status(decision, progress=progress, recovery=facts,
                                observed_generation=self.body["metadata"].get("generation"),
-                               standbys={role.value: c for role, c in counts.items()})
+                               standbys={role.value: c for role, c in standbys.items()})
         patch = merge_patch(self.written, status, owned=OWNED_KEYS)
         if not patch:
             return
